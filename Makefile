@@ -1,0 +1,48 @@
+# protoseg — run `make help` for the list of targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Local wheel sources (see DEVELOPERS.md); torch/torchvision pinned in constraints.txt.
+UV_SOURCES := --find-links /opt/wheels --extra-index-url file:///opt/pypi/simple \
+	--extra-index-url file:///opt/pypi-more/simple --index-strategy unsafe-best-match
+DATA ?= ../shared/data
+RESULTS := benchmarks/results
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow lint format quickstart clean bench-monuseg-supervised
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-28s\033[0m %s\n", $$1, $$2}'
+
+install: ## Create .venv and install protoseg with dev tools (torch pinned by constraints.txt)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade uv
+	$(BIN)/uv pip install --python $(BIN)/python $(UV_SOURCES) -c constraints.txt -e ".[dev]"
+
+test: ## Run the fast test suite (CPU, no slow tests)
+	$(BIN)/python -m pytest -q
+
+test-slow: ## Run only the slow tests (shipped configs end to end, real-data checks)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: ## Lint with ruff
+	$(BIN)/ruff check protoseg tests benchmarks
+	$(BIN)/ruff format --check protoseg tests benchmarks
+
+format: ## Format with ruff
+	$(BIN)/ruff check --fix protoseg tests benchmarks
+	$(BIN)/ruff format protoseg tests benchmarks
+
+quickstart: ## Train on the embedded sample, then predict it into runs/quickstart/predictions
+	$(BIN)/protoseg fit --config configs/quickstart.yaml
+	$(BIN)/protoseg predict --config configs/quickstart.yaml \
+		--ckpt_path runs/quickstart/checkpoints/last.ckpt --output_dir runs/quickstart/predictions
+
+clean: ## Remove runs/ and caches (keeps .venv)
+	rm -rf runs .pytest_cache .ruff_cache
+
+bench-monuseg-supervised: ## Fully supervised reference row: train on the 30 MoNuSeg images (about 30 min on 2 CPU cores)
+	$(BIN)/python benchmarks/monuseg_supervised.py --data-root $(DATA)/monuseg/train \
+		--output $(RESULTS)/monuseg_supervised.json

@@ -1,0 +1,378 @@
+"""MoNuSeg-layout data: random training crops, whole images for validation, test and predict.
+
+A root holds ``images/*.tif|*.tiff|*.png`` and, optionally, ``annotations_xml/<stem>.xml``
+(Aperio polygons) and/or ``labels/<stem>.png`` (instance maps), as the MoNuSeg release does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from protoseg.datamodules.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EpochSeedSampler,
+    RandomCropDataset,
+    normalize,
+    train_transform,
+)
+from protoseg.io.aperio_xml import rasterize_polygons, read_aperio_polygons
+from protoseg.io.errors import DataError
+from protoseg.io.images import read_instance_png, read_rgb
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+LabelFormat = Literal["xml", "png"]
+# Folder and suffix of each annotation format; "auto" prefers the official XML polygons,
+# which the data README recommends for evaluation.
+ANNOTATION_FOLDERS: dict[LabelFormat, str] = {"xml": "annotations_xml", "png": "labels"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a root and the annotation its labels come from (None: unlabelled)."""
+
+    stem: str
+    image_path: Path
+    label_path: Path | None = None
+    label_format: LabelFormat | None = None
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in files:
+            raise DataError(f"{path}: same stem as {files[path.stem]}")
+        files[path.stem] = path
+    return files
+
+
+def find_records(
+    root: str | Path, label_source: Literal["auto", "xml", "png", "none"] = "auto"
+) -> list[ImageRecord]:
+    """Lists a root's images, sorted by stem, with the annotation each is labelled by.
+
+    ``xml`` / ``png`` read that folder only; ``auto`` takes ``annotations_xml/<stem>.xml``
+    where it exists, else ``labels/<stem>.png``, and no labels when neither folder exists;
+    ``none`` ignores annotations. With annotations, every image needs one and every
+    annotation file needs its image (MoNuSeg's train root: 30 PNGs, 13 XMLs, all covered).
+
+    Raises:
+        DataError: missing or empty images folder, a missing annotation folder for ``xml``
+            or ``png``, an image without annotation or an annotation without image.
+    """
+    if label_source not in ("auto", "xml", "png", "none"):
+        raise ValueError(f"label_source must be auto, xml, png or none, not {label_source!r}")
+    root = Path(root)
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: images folder does not exist")
+    images = _files(image_dir, IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir}: no images (*.tif, *.tiff, *.png)")
+    formats: tuple[LabelFormat, ...] = ("xml", "png") if label_source == "auto" else ()
+    if label_source in ("xml", "png"):
+        formats = (label_source,)
+    annotations: dict[LabelFormat, dict[str, Path]] = {}
+    for fmt in formats:
+        folder = root / ANNOTATION_FOLDERS[fmt]
+        if folder.is_dir():
+            annotations[fmt] = _files(folder, (f".{fmt}",))
+        elif label_source != "auto":
+            raise DataError(f"{folder}: annotation folder does not exist (label_source={fmt!r})")
+    for files in annotations.values():
+        for stem, path in files.items():
+            if stem not in images:
+                raise DataError(f"{path}: annotation without image (no {image_dir}/{stem}.*)")
+    records = []
+    for stem, image_path in images.items():
+        found = [(fmt, files[stem]) for fmt, files in annotations.items() if stem in files]
+        if annotations and not found:
+            expected = " or ".join(
+                f"{root / ANNOTATION_FOLDERS[fmt] / stem}.{fmt}" for fmt in annotations
+            )
+            raise DataError(f"{image_path}: no annotation (expected {expected})")
+        fmt, label_path = found[0] if found else (None, None)
+        records.append(ImageRecord(stem, image_path, label_path, fmt))
+    return records
+
+
+def split_stems(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Image-wise train/val split: a seeded permutation of the sorted stems.
+
+    ``round(val_fraction * n)`` images (at least 1) go to validation. ``val_fraction == 0``
+    returns all stems for both: validation then measures fit, not held-out performance.
+    """
+    stems = sorted(stems)
+    if val_fraction == 0:
+        return stems, stems
+    n_val = max(1, round(val_fraction * len(stems)))
+    if n_val >= len(stems):
+        raise ValueError(f"val_fraction={val_fraction} leaves no training image among {len(stems)}")
+    order = np.random.default_rng(seed).permutation(len(stems))
+    val = {stems[i] for i in order[:n_val]}
+    return [s for s in stems if s not in val], [s for s in stems if s in val]
+
+
+class ImageStore:
+    """Reads images and instance maps; :meth:`keep` holds chosen ones decoded in memory.
+
+    Instance maps from XML are rasterised to the image size; PNG maps must match it. Kept
+    maps are uint16 where the ids fit (a 1000 px MoNuSeg image: 3 MB + 2 MB). Only what
+    :meth:`keep` loaded stays: one-pass test and predict reads are not held.
+    """
+
+    def __init__(self) -> None:
+        self._images: dict[Path, np.ndarray] = {}
+        self._labels: dict[Path, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        """Number of images held in memory."""
+        return len(self._images)
+
+    def image(self, path: Path) -> np.ndarray:
+        """(H, W, 3) uint8."""
+        return self._images[path] if path in self._images else read_rgb(path)
+
+    def instances(self, path: Path, fmt: LabelFormat, shape: tuple[int, int]) -> np.ndarray:
+        """(H, W) instance ids (uint16 or int32) for an image of ``shape``."""
+        if path in self._labels:
+            return self._labels[path]
+        if fmt == "xml":
+            instances = rasterize_polygons(read_aperio_polygons(path), shape)
+        else:
+            instances = read_instance_png(path)
+            if instances.shape != shape:
+                raise DataError(f"{path}: label shape {instances.shape} != image shape {shape}")
+        if instances.max(initial=0) <= np.iinfo(np.uint16).max:
+            instances = instances.astype(np.uint16)
+        return instances
+
+    def load(self, record: ImageRecord) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image and, when the record is labelled, its instance map."""
+        image = self.image(record.image_path)
+        if record.label_path is None or record.label_format is None:
+            return image, None
+        return image, self.instances(record.label_path, record.label_format, image.shape[:2])
+
+    def keep(self, record: ImageRecord) -> None:
+        """Loads a record (checking its files) and holds its arrays in memory."""
+        image, instances = self.load(record)
+        self._images[record.image_path] = image
+        if instances is not None and record.label_path is not None:
+            self._labels[record.label_path] = instances
+
+
+class WholeImageDataset(Dataset):
+    """Whole normalised images: ``image`` (3, H, W) float32, ``stem``, ``path`` and, for
+    labelled records when ``with_labels``, ``instances`` (H, W) int64."""
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        store: ImageStore,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        with_labels: bool = True,
+    ) -> None:
+        self.records = records
+        self.store = store
+        self.mean = mean
+        self.std = std
+        self.with_labels = with_labels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        if self.with_labels:
+            image, instances = self.store.load(record)
+        else:
+            image, instances = self.store.image(record.image_path), None
+        item: dict[str, Any] = {
+            "image": normalize(image, self.mean, self.std),
+            "stem": record.stem,
+            "path": str(record.image_path),
+        }
+        if instances is not None:
+            item["instances"] = torch.from_numpy(instances.astype(np.int64))
+        return item
+
+
+class MoNuSegDataModule(L.LightningDataModule):
+    """MoNuSeg-layout root: training crops, whole-image validation, test and prediction.
+
+    Training batches: ``image`` float32 (B, 3, h, w) normalised, ``target`` int64 (B, h, w)
+    with :mod:`~protoseg.datamodules.targets` classes and ``instances`` int64 (B, h, w)
+    (ids of the source image); without any labels or pseudo masks only ``image``.
+    Validation / test / predict batches hold one whole image: ``image`` (1, 3, H, W),
+    ``instances`` int64 (1, H, W) (not in predict, absent without labels), ``stem`` [str]
+    and ``path`` [str].
+
+    The split is image-wise (:func:`split_stems`). Validation and test use the true labels
+    only; with ``pseudo_mask_dir`` training uses ``<pseudo_mask_dir>/<stem>.png`` instead
+    (binary masks are split into 8-connected objects). Without true labels there is no
+    validation and every image trains. Test uses every labelled image of the root, predict
+    every image. Crops are reproducible: they depend only on ``torch.initial_seed()`` (set
+    by ``seed_everything``), the epoch and the position in it, whatever ``num_workers``.
+
+    Args:
+        root: folder with ``images/`` and optionally ``annotations_xml/``, ``labels/``.
+        label_source: ``auto`` (XML where present, else PNG), ``xml``, ``png`` or ``none``.
+        pseudo_mask_dir: folder of training instance maps from a label-free stage.
+        val_fraction: share of images held out for validation; 0 validates on all images
+            (a fit score, not a held-out one).
+        split_seed: seed of the train/val permutation.
+        crop_size: side of the square training crops, px.
+        crops_per_epoch: training crops per epoch.
+        batch_size: training batch size (evaluation uses 1: whole images differ in size).
+        num_workers: DataLoader processes (kept alive between epochs when > 0).
+        mean: per-channel normalisation mean, on [0, 1] RGB.
+        std: per-channel normalisation std.
+        cache_images: keep the decoded fit/validate images and labels in memory (30
+            MoNuSeg images: ~150 MB), so epochs neither re-decode TIFFs nor re-rasterise XML.
+        scale_jitter: training crops are rescaled by up to this fraction (0 disables).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        label_source: Literal["auto", "xml", "png", "none"] = "auto",
+        pseudo_mask_dir: str | None = None,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        crop_size: int = 256,
+        crops_per_epoch: int = 512,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        cache_images: bool = True,
+        scale_jitter: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        for name, value in [
+            ("crop_size", crop_size),
+            ("crops_per_epoch", crops_per_epoch),
+            ("batch_size", batch_size),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.pseudo_mask_dir = None if pseudo_mask_dir is None else Path(pseudo_mask_dir)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.store = ImageStore()
+        self.records: list[ImageRecord] = []
+        self.train_records: list[ImageRecord] = []
+        self.val_records: list[ImageRecord] = []
+        self.train_dataset: RandomCropDataset | None = None
+        self.val_dataset: WholeImageDataset | None = None
+        self.test_dataset: WholeImageDataset | None = None
+        self.predict_dataset: WholeImageDataset | None = None
+
+    @property
+    def label_sources(self) -> dict[str, str | None]:
+        """Where each image's true labels come from: ``"xml"``, ``"png"`` or None."""
+        return {r.stem: r.label_format for r in self.records}
+
+    def _split(self) -> None:
+        self.records = find_records(self.root, self.hparams.label_source)
+        by_stem = {r.stem: r for r in self.records}
+        if any(r.label_path is not None for r in self.records):
+            hp = self.hparams
+            train, val = split_stems(list(by_stem), hp.val_fraction, hp.split_seed)
+        else:
+            train, val = sorted(by_stem), []
+        self.train_records = [by_stem[s] for s in train]
+        self.val_records = [by_stem[s] for s in val]
+
+    def _pseudo_records(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        folder = self.pseudo_mask_dir
+        assert folder is not None
+        if not folder.is_dir():
+            raise DataError(f"{folder}: pseudo-mask folder does not exist")
+        pseudo = []
+        for record in records:
+            path = folder / f"{record.stem}.png"
+            if not path.is_file():
+                raise DataError(f"{path}: pseudo mask missing (training image {record.image_path})")
+            pseudo.append(ImageRecord(record.stem, record.image_path, path, "png"))
+        return pseudo
+
+    def _whole(self, records: list[ImageRecord], with_labels: bool = True) -> WholeImageDataset:
+        return WholeImageDataset(records, self.store, self.mean, self.std, with_labels)
+
+    def _warm(self, datasets: list[Any]) -> None:
+        # Decoding once here, before DataLoader workers fork, lets them share the arrays.
+        if self.hparams.cache_images:
+            for dataset in datasets:
+                for record in dataset.records:
+                    self.store.keep(record)
+
+    def setup(self, stage: str) -> None:
+        """Finds the images and builds the datasets ``stage`` needs."""
+        if not self.records:
+            self._split()
+        if stage == "fit":
+            train = self.train_records
+            if self.pseudo_mask_dir is not None:
+                train = self._pseudo_records(train)
+            hp = self.hparams
+            transform = train_transform(hp.crop_size, self.mean, self.std, hp.scale_jitter)
+            self.train_dataset = RandomCropDataset(train, self.store, hp.crops_per_epoch, transform)
+        if stage in ("fit", "validate"):
+            self.val_dataset = self._whole(self.val_records) if self.val_records else None
+            self._warm([d for d in (self.train_dataset, self.val_dataset) if d is not None])
+        if stage == "test":
+            labelled = [r for r in self.records if r.label_path is not None]
+            if not labelled:
+                raise DataError(
+                    f"{self.root}: no labelled images to test on "
+                    f"(label_source={self.hparams.label_source!r})"
+                )
+            self.test_dataset = self._whole(labelled)
+        if stage == "predict":
+            self.predict_dataset = self._whole(self.records, with_labels=False)
+
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup('fit') first")
+        # torch.initial_seed() is the seed_everything seed (a fresh random one without it).
+        sampler = EpochSeedSampler(self.hparams.crops_per_epoch, torch.initial_seed())
+        return self._loader(self.train_dataset, batch_size=self.hparams.batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        # No true labels (e.g. pseudo masks only): an empty list makes Lightning skip validation.
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, batch_size=1)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            raise RuntimeError("call setup('test') first")
+        return self._loader(self.test_dataset, batch_size=1)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dataset is None:
+            raise RuntimeError("call setup('predict') first")
+        return self._loader(self.predict_dataset, batch_size=1)

@@ -1,0 +1,160 @@
+"""Segmentation head: a dense network trained on true labels or on any stage's pseudo masks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from protoseg.lightning_modules.hparams import save_init_hyperparameters
+from protoseg.metrics import NucleiMetrics
+from protoseg.modules.losses import CEDiceLoss
+from protoseg.modules.postprocess import three_class_to_instances
+from protoseg.modules.tiling import predict_tiled
+from protoseg.visualize import denormalize, overlay_instances
+
+Batch = dict[str, Any]
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a 3-class (background / inside / boundary) network and outputs nuclei instances.
+
+    Training batches come from any datamodule that yields ``image`` (B, 3, h, w) and
+    ``target`` (B, h, w) class ids — true labels or pseudo masks alike. Validation, test and
+    prediction run on whole images (tiled when large) and turn probabilities into instances
+    with :func:`three_class_to_instances`, so that AJI, object Dice and PQ are meaningful.
+
+    Args:
+        net: dense network mapping (B, 3, H, W) to logits (B, 3, H, W); e.g.
+            :class:`protoseg.modules.networks.UNet`.
+        loss: loss of logits against class ids; defaults to cross-entropy + Dice.
+        optimizer: optimizer factory taking the parameters; default AdamW(lr=1e-3,
+            weight_decay=1e-4).
+        warmup_steps: linear learning-rate warm-up; a cosine decay to zero follows over the
+            rest of ``trainer.estimated_stepping_batches``.
+        marker_threshold: inside probability that seeds a nucleus (post-processing).
+        min_area: smallest nucleus kept, in px.
+        tile_size: inference tile side for whole images; 1024 covers a MoNuSeg image at once.
+        tile_overlap: px shared by neighbouring inference tiles.
+        num_log_images: validation images drawn to TensorBoard per validation run.
+        normalization: the datamodule's (mean, std), used only to draw the logged images.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module | None = None,
+        optimizer: OptimizerCallable | None = None,
+        warmup_steps: int = 100,
+        marker_threshold: float = 0.5,
+        min_area: int = 10,
+        tile_size: int = 1024,
+        tile_overlap: int = 128,
+        num_log_images: int = 2,
+        normalization: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+            (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225),
+        ),
+    ) -> None:
+        super().__init__()
+        if not 0 <= tile_overlap < tile_size:
+            raise ValueError(
+                f"tile_overlap must be in [0, tile_size={tile_size}), got {tile_overlap}"
+            )
+        save_init_hyperparameters(self)
+        self.net = net
+        self.loss = loss if loss is not None else CEDiceLoss()
+        self.optimizer_factory = optimizer
+        self.val_metrics = NucleiMetrics(prefix="val/")
+        self.test_metrics = NucleiMetrics(prefix="test/")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 3, H, W) for images (B, 3, H, W) of any size."""
+        stride = getattr(self.net, "output_stride", 32)
+        return predict_tiled(
+            self.net, images, self.hparams.tile_size, self.hparams.tile_overlap, stride
+        )
+
+    def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
+        """Instance maps, one (H, W) int32 array per image of (B, 3, H, W)."""
+        probs = self(images).softmax(dim=1).cpu().numpy()
+        return [
+            three_class_to_instances(
+                p, self.hparams.marker_threshold, min_area=self.hparams.min_area
+            )
+            for p in probs
+        ]
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images = batch["image"].contiguous(memory_format=torch.channels_last)
+        loss = self.loss(self.net(images), batch["target"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def _score(self, batch: Batch, metrics: NucleiMetrics) -> list[np.ndarray]:
+        predictions = self.predict_instances(batch["image"])
+        targets = [t.cpu().numpy() for t in batch["instances"]]
+        metrics.update(
+            [torch.from_numpy(p) for p in predictions], [torch.from_numpy(t) for t in targets]
+        )
+        return predictions
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        predictions = self._score(batch, self.val_metrics)
+        if batch_idx < self.hparams.num_log_images:
+            self._log_overlay(batch, predictions[0], batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=False, sync_dist=False)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._score(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        predictions = self.predict_instances(batch["image"])
+        return [
+            {"stem": stem, "path": path, "instances": instances}
+            for stem, path, instances in zip(batch["stem"], batch["path"], predictions, strict=True)
+        ]
+
+    def _log_overlay(self, batch: Batch, prediction: np.ndarray, index: int) -> None:
+        if not isinstance(self.logger, TensorBoardLogger) or self.trainer.sanity_checking:
+            return
+        mean, std = self.hparams.normalization
+        image = denormalize(batch["image"][0].float().cpu().numpy(), mean, std)
+        target = batch["instances"][0].cpu().numpy()
+        picture = overlay_instances(image, prediction, target)
+        self.logger.experiment.add_image(
+            f"val/overlay_{index}", picture, self.global_step, dataformats="HWC"
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-4)
+        else:
+            optimizer = self.optimizer_factory(self.parameters())
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.hparams.warmup_steps, total // 2)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,126 @@
+"""Shared pytest fixtures: paths to the real data beside the project, tiny synthetic data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.draw import disk
+from skimage.measure import find_contours
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` beside the checkout; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def monuseg_train(shared_data: Path) -> Path:
+    """Root of the 30 MoNuSeg training images (images/, labels/, annotations_xml/)."""
+    root = shared_data / "monuseg" / "train"
+    if not (root / "images").is_dir():
+        pytest.skip(f"MoNuSeg training images not found under {root}")
+    return root
+
+
+# --- Tiny synthetic MoNuSeg-layout roots (io and datamodule tests) ---------------------------
+
+MakeRoot = Callable[..., Path]
+
+
+def synthetic_instances(size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, size) int32 map of ``count`` disks of radius 4-7 px; later disks overlap earlier."""
+    instances = np.zeros((size, size), np.int32)
+    for instance_id in range(1, count + 1):
+        center = rng.integers(6, size - 6, size=2)
+        instances[disk(tuple(center), rng.integers(4, 8), shape=instances.shape)] = instance_id
+    return instances
+
+
+def synthetic_he(instances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 H&E-like picture: pink stroma, purple nuclei, a little noise."""
+    image = np.empty((*instances.shape, 3), np.float64)
+    image[:] = (235, 200, 220)
+    image[instances > 0] = (95, 60, 140)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def disk_polygons(instances: np.ndarray) -> list[np.ndarray]:
+    """One (N, 2) (x, y) outline per instance, as an annotator would draw it."""
+    polygons = []
+    for instance_id in range(1, int(instances.max()) + 1):
+        mask = np.pad(instances == instance_id, 1)
+        if mask.any():
+            contour = max(find_contours(mask.astype(float), 0.5), key=len) - 1
+            polygons.append(contour[:-1, ::-1].copy())
+    return polygons
+
+
+def _aperio_xml_text(polygons: list[np.ndarray]) -> str:
+    """Aperio ImageScope XML with one Region per polygon, laid out as MoNuSeg's files."""
+    regions = []
+    for region_id, polygon in enumerate(polygons, start=1):
+        vertices = "".join(f'<Vertex X="{x:.3f}" Y="{y:.3f}"/>' for x, y in polygon)
+        regions.append(f'<Region Id="{region_id}"><Vertices>{vertices}</Vertices></Region>')
+    return (
+        '<Annotations MicronsPerPixel="0.252700"><Annotation Id="1"><Regions>'
+        "<RegionAttributeHeaders/>" + "".join(regions) + "</Regions><Plots/></Annotation>"
+        "</Annotations>"
+    )
+
+
+@pytest.fixture
+def aperio_xml_text() -> Callable[[list[np.ndarray]], str]:
+    """Function writing (N, 2) (x, y) polygons as the text of an Aperio XML file."""
+    return _aperio_xml_text
+
+
+@pytest.fixture
+def make_monuseg_root() -> MakeRoot:
+    """Factory writing a MoNuSeg-layout root: ``make(root, n_images=3, size=64,
+    labels=("png",), seed=0)``; ``labels`` may hold "png" and/or "xml" (same nuclei), or be
+    empty. Image 0 is an LZW TIFF, the others PNG. Returns ``root``."""
+
+    def make(
+        root: Path,
+        n_images: int = 3,
+        size: int = 64,
+        labels: tuple[str, ...] = ("png",),
+        seed: int = 0,
+    ) -> Path:
+        rng = np.random.default_rng(seed)
+        for folder in ("images", *(("labels",) if "png" in labels else ())):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        if "xml" in labels:
+            (root / "annotations_xml").mkdir(parents=True, exist_ok=True)
+        for index in range(n_images):
+            stem = f"img{index}"
+            instances = synthetic_instances(size, 6, rng)
+            picture = Image.fromarray(synthetic_he(instances, rng))
+            if index == 0:
+                picture.save(root / "images" / f"{stem}.tif", compression="tiff_lzw")
+            else:
+                picture.save(root / "images" / f"{stem}.png")
+            if "png" in labels:
+                Image.fromarray(instances.astype(np.uint16)).save(root / "labels" / f"{stem}.png")
+            if "xml" in labels:
+                text = _aperio_xml_text(disk_polygons(instances))
+                (root / "annotations_xml" / f"{stem}.xml").write_text(text)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def tiny_monuseg_root(tmp_path: Path, make_monuseg_root: MakeRoot) -> Path:
+    """Three 64 px images with uint16 instance PNGs (``images/``, ``labels/``)."""
+    return make_monuseg_root(tmp_path / "monuseg")

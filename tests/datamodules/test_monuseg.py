@@ -1,0 +1,322 @@
+"""MoNuSeg datamodule: layout discovery, errors, split, batches, pseudo masks, determinism."""
+
+from __future__ import annotations
+
+import gc
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from protoseg.datamodules.monuseg import MoNuSegDataModule, find_records, split_stems
+from protoseg.datamodules.targets import BACKGROUND, instances_to_three_class
+from protoseg.datamodules.transforms import EpochSeedSampler, seed_transform
+from protoseg.io.errors import DataError
+
+MakeRoot = Callable[..., Path]
+
+
+def data(root: Path, **kwargs: object) -> MoNuSegDataModule:
+    defaults = dict(crop_size=32, crops_per_epoch=6, batch_size=3, num_workers=0)
+    return MoNuSegDataModule(root=str(root), **{**defaults, **kwargs})
+
+
+def first_batches(module: MoNuSegDataModule, count: int = 2) -> list[dict[str, torch.Tensor]]:
+    loader = module.train_dataloader()
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    return batches
+
+
+# --- discovery and its errors ---------------------------------------------------------------
+
+
+def test_auto_prefers_xml_and_falls_back_to_png(
+    tmp_path: Path, make_monuseg_root: MakeRoot
+) -> None:
+    root = make_monuseg_root(tmp_path / "r", n_images=4, labels=("png", "xml"))
+    for stem in ("img1", "img3"):  # like MoNuSeg: XML for some images, PNG for all
+        (root / "annotations_xml" / f"{stem}.xml").unlink()
+    records = find_records(root, "auto")
+    assert [r.stem for r in records] == ["img0", "img1", "img2", "img3"]
+    assert {r.stem: r.label_format for r in records} == {
+        "img0": "xml",
+        "img1": "png",
+        "img2": "xml",
+        "img3": "png",
+    }
+    assert records[0].image_path.name == "img0.tif"
+    assert {r.label_format for r in find_records(root, "png")} == {"png"}
+    assert {r.label_path for r in find_records(root, "none")} == {None}
+    with pytest.raises(DataError, match=r"img1\.png: no annotation"):
+        find_records(root, "xml")
+    with pytest.raises(ValueError, match="label_source"):
+        find_records(root, "polygons")  # type: ignore[arg-type]
+
+
+def test_no_annotation_folder_means_unlabelled(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r", labels=())
+    assert all(r.label_path is None for r in find_records(root))
+    with pytest.raises(DataError, match="labels: annotation folder does not exist"):
+        find_records(root, "png")
+
+
+def test_image_without_annotation(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r")
+    (root / "labels" / "img2.png").unlink()
+    with pytest.raises(DataError) as error:
+        find_records(root)
+    assert str(error.value).startswith(str(root / "images" / "img2.png"))
+    assert "no annotation" in str(error.value)
+
+
+def test_annotation_without_image(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r", labels=("xml",))
+    (root / "images" / "img1.png").unlink()
+    with pytest.raises(DataError) as error:
+        find_records(root)
+    assert str(error.value).startswith(str(root / "annotations_xml" / "img1.xml"))
+    assert "annotation without image" in str(error.value)
+
+
+def test_missing_or_empty_images_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=f"{tmp_path / 'images'}: images folder does not exist"):
+        find_records(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "notes.txt").write_text("no pictures here")
+    with pytest.raises(DataError, match=f"{tmp_path / 'images'}: no images"):
+        data(tmp_path).setup("fit")
+
+
+def test_pseudo_mask_missing(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r", labels=())
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(pseudo / "img0.png")
+    with pytest.raises(DataError) as error:
+        data(root, pseudo_mask_dir=str(pseudo)).setup("fit")
+    assert str(error.value).startswith(str(pseudo / "img1.png"))
+    assert "pseudo mask missing" in str(error.value)
+
+
+def test_label_of_wrong_size_names_the_file(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r")
+    Image.fromarray(np.zeros((60, 64), np.uint16)).save(root / "labels" / "img2.png")
+    with pytest.raises(DataError, match=r"img2\.png: label shape \(60, 64\) != image shape"):
+        data(root).setup("fit")
+
+
+def test_corrupt_image_names_the_file(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r")
+    (root / "images" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match=r"img1\.png: cannot read image"):
+        data(root).setup("fit")
+
+
+# --- split ------------------------------------------------------------------------------------
+
+
+def test_split_stems() -> None:
+    stems = [f"s{i:02d}" for i in range(30)]
+    train, val = split_stems(stems[::-1], 0.2, seed=0)
+    assert len(val) == 6 and len(train) == 24 and not set(train) & set(val)
+    assert sorted(train + val) == stems and train == sorted(train)
+    assert split_stems(stems, 0.2, seed=0) == (train, val), "input order does not matter"
+    assert split_stems(stems, 0.2, seed=1)[1] != val
+    assert len(split_stems(stems[:3], 0.01, seed=0)[1]) == 1, "at least one"
+    assert split_stems(stems[:3], 0.0, seed=0) == (stems[:3], stems[:3])
+    with pytest.raises(ValueError, match="no training image"):
+        split_stems(stems[:1], 0.5, seed=0)
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def test_fit_batches(tiny_monuseg_root: Path) -> None:
+    module = data(tiny_monuseg_root, val_fraction=0.34)
+    module.setup("fit")
+    assert len(module.train_records) == 2 and len(module.val_records) == 1
+    assert module.label_sources == {"img0": "png", "img1": "png", "img2": "png"}
+    batch = first_batches(module, 1)[0]
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["target"].shape == (3, 32, 32) and batch["target"].dtype == torch.int64
+    assert batch["instances"].shape == (3, 32, 32) and batch["instances"].dtype == torch.int64
+    for target, instances in zip(batch["target"], batch["instances"], strict=True):
+        expected = instances_to_three_class(instances.numpy())
+        np.testing.assert_array_equal(target.numpy(), expected)
+    assert -3.0 < batch["image"].mean() < 3.0, "normalised"
+
+    (val,) = list(module.val_dataloader())
+    assert val["image"].shape == (1, 3, 64, 64) and val["instances"].shape == (1, 64, 64)
+    assert val["instances"].dtype == torch.int64
+    assert val["stem"] == [module.val_records[0].stem]
+    assert val["path"] == [str(module.val_records[0].image_path)]
+
+
+def test_test_and_predict_loaders(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r", labels=("xml",))
+    module = data(root)
+    module.setup("test")
+    tested = list(module.test_dataloader())
+    assert [b["stem"][0] for b in tested] == ["img0", "img1", "img2"]
+    assert all(b["instances"].max() >= 1 for b in tested), "XML rasterised"
+    module.setup("predict")
+    predicted = list(module.predict_dataloader())
+    assert len(predicted) == 3 and "instances" not in predicted[0]
+    assert predicted[0]["image"].shape == (1, 3, 64, 64)
+
+    unlabelled = data(make_monuseg_root(tmp_path / "u", labels=()))
+    with pytest.raises(DataError, match="no labelled images"):
+        unlabelled.setup("test")
+    unlabelled.setup("predict")
+    assert len(list(unlabelled.predict_dataloader())) == 3
+
+
+def test_val_fraction_zero_validates_on_all(tiny_monuseg_root: Path) -> None:
+    module = data(tiny_monuseg_root, val_fraction=0.0)
+    module.setup("fit")
+    assert module.train_records == module.val_records == module.records
+    assert len(module.store) == 3, "held once, shared by train and val"
+    uncached = data(tiny_monuseg_root, cache_images=False)
+    uncached.setup("fit")
+    uncached.setup("predict")
+    list(uncached.predict_dataloader())
+    assert len(uncached.store) == 0
+
+
+def test_pseudo_masks_train_true_labels_validate(
+    tmp_path: Path, make_monuseg_root: MakeRoot
+) -> None:
+    root = make_monuseg_root(tmp_path / "r", n_images=4)
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    for index in range(4):  # binary pseudo masks: a single square, far from the true nuclei
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:40, :40] = 255
+        Image.fromarray(mask).save(pseudo / f"img{index}.png")
+    module = data(root, pseudo_mask_dir=str(pseudo), val_fraction=0.25, scale_jitter=0.0)
+    module.setup("fit")
+    assert len(module.train_records) == 3 and len(module.val_records) == 1
+    for batch in first_batches(module):
+        assert set(np.unique(batch["instances"])) <= {0, 1}, "pseudo mask: one object"
+    (val,) = list(module.val_dataloader())
+    assert val["instances"].max() > 1, "validation keeps the true labels"
+
+    shutil.rmtree(root / "labels")
+    no_labels = data(root, pseudo_mask_dir=str(pseudo))
+    no_labels.setup("fit")
+    assert len(no_labels.train_records) == 4 and no_labels.val_dataloader() == []
+
+
+def test_unlabelled_training_yields_images_only(
+    tmp_path: Path, make_monuseg_root: MakeRoot
+) -> None:
+    module = data(make_monuseg_root(tmp_path / "r", labels=()))
+    module.setup("fit")
+    (batch,) = first_batches(module, 1)
+    assert set(batch) == {"image"} and module.val_dataloader() == []
+
+
+def test_small_images_are_padded_with_background(tiny_monuseg_root: Path) -> None:
+    module = data(tiny_monuseg_root, crop_size=96, scale_jitter=0.0, batch_size=6)
+    module.setup("fit")
+    (batch,) = first_batches(module, 1)
+    assert batch["image"].shape[-2:] == (96, 96)
+    assert (batch["target"] == BACKGROUND).float().mean() > 0.5
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+
+def batches_for(root: Path, seed: int, num_workers: int, epochs: int = 1) -> list[torch.Tensor]:
+    L.seed_everything(seed, workers=True)
+    module = data(root, num_workers=num_workers)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    out = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        out += [torch.cat([b["image"].flatten(), b["target"].flatten().float()]) for b in loader]
+    del loader
+    gc.collect()  # stops the persistent workers here, not at a random later collection
+    return out
+
+
+def test_same_seed_same_batches_whatever_the_workers(tiny_monuseg_root: Path) -> None:
+    reference = batches_for(tiny_monuseg_root, 3, num_workers=0, epochs=2)
+    assert len(reference) == 4
+    for a, b in zip(reference, batches_for(tiny_monuseg_root, 3, num_workers=2), strict=False):
+        torch.testing.assert_close(a, b)
+    other = batches_for(tiny_monuseg_root, 4, num_workers=0)
+    assert not torch.equal(reference[0], other[0]), "another seed, other crops"
+    assert not torch.equal(reference[0], reference[2]), "another epoch, other crops"
+
+
+def test_sampler_epochs() -> None:
+    sampler = EpochSeedSampler(5, base_seed=11)
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(sampler) == 5 and first != second
+    sampler.set_epoch(0)
+    assert list(sampler) == first, "set_epoch replays an epoch (resuming)"
+
+
+def test_seeded_flips_are_independent() -> None:
+    # Compose.set_random_seed would give both flips one seed, so they would always agree.
+    flips = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    image = np.arange(4, dtype=np.uint8).reshape(2, 2)
+    seen = set()
+    for seed in range(40):
+        seed_transform(flips, seed)
+        out = flips(image=image)["image"]
+        seen.add((out[0, 0] in (1, 3), out[0, 0] in (2, 3)))
+    assert seen == {(False, False), (True, False), (False, True), (True, True)}
+    seed_transform(flips, 5)
+    first = flips(image=image)["image"]
+    seed_transform(flips, 5)
+    np.testing.assert_array_equal(flips(image=image)["image"], first)
+    random.seed(0)  # the global generators play no part
+    seed_transform(flips, 5)
+    np.testing.assert_array_equal(flips(image=image)["image"], first)
+
+
+# --- real data --------------------------------------------------------------------------------
+
+
+def test_real_train_root_layout(monuseg_train: Path) -> None:
+    records = find_records(monuseg_train, "auto")
+    formats = [r.label_format for r in records]
+    assert len(records) == 30 and formats.count("xml") == 13 and formats.count("png") == 17
+
+
+def test_real_images_through_the_datamodule(monuseg_train: Path, tmp_path: Path) -> None:
+    root = tmp_path / "two"
+    for folder in ("images", "labels", "annotations_xml"):
+        (root / folder).mkdir(parents=True)
+    # One image labelled by XML, one by PNG only; links, not copies, of the shared data.
+    for stem, folders in [
+        ("TCGA-B0-5710-01Z-00-DX1", ("labels", "annotations_xml")),
+        ("TCGA-18-5592-01Z-00-DX1", ("labels",)),
+    ]:
+        (root / "images" / f"{stem}.tif").symlink_to(monuseg_train / "images" / f"{stem}.tif")
+        for folder in folders:
+            suffix = ".xml" if folder == "annotations_xml" else ".png"
+            name = f"{stem}{suffix}"
+            (root / folder / name).symlink_to(monuseg_train / folder / name)
+    module = data(root, val_fraction=0.0, crop_size=128, crops_per_epoch=2, batch_size=2)
+    module.setup("fit")
+    assert set(module.label_sources.values()) == {"xml", "png"}
+    (batch,) = first_batches(module, 1)
+    assert batch["image"].shape == (2, 3, 128, 128)
+    val = list(module.val_dataloader())
+    assert [b["image"].shape for b in val] == [(1, 3, 1000, 1000)] * 2
+    assert all(b["instances"].max() > 200 for b in val), "hundreds of nuclei per image"

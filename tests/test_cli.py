@@ -1,0 +1,131 @@
+"""The protoseg command: fit, predict --output_dir, resume, --print_config, rebuild."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protoseg.cli import main
+from protoseg.lightning_modules.segmentation import SegmentationModule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def tiny_overrides(root: Path, run_dir: Path) -> list[str]:
+    """Shrinks the quick-start config to seconds: small net, few crops, one step."""
+    return [
+        f"--config={CONFIGS / 'quickstart.yaml'}",
+        f"--data.root={root}",
+        "--data.crop_size=32",
+        "--data.crops_per_epoch=4",
+        "--data.batch_size=2",
+        "--model.net.decoder_channels=[16,16,8,8,8]",
+        "--model.tile_size=64",
+        "--model.tile_overlap=16",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
+def test_fit_then_predict_writes_instance_maps(tiny_monuseg_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    main(
+        [
+            "fit",
+            *tiny_overrides(tiny_monuseg_root, run_dir),
+            "--trainer.max_steps=2",
+            "--trainer.check_val_every_n_epoch=1",
+        ]
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+
+    out = tmp_path / "predictions"
+    main(
+        [
+            "predict",
+            *tiny_overrides(tiny_monuseg_root, run_dir),
+            f"--ckpt_path={last}",
+            f"--output_dir={out}",
+        ]
+    )
+    images = sorted((tiny_monuseg_root / "images").iterdir())
+    for image in images:
+        written = np.array(Image.open(out / f"{image.stem}.png"))
+        assert written.dtype == np.uint16
+        assert written.shape == np.array(Image.open(image)).shape[:2]
+        assert (out / f"{image.stem}_overlay.png").is_file()
+        assert (out / f"{image.stem}.geojson").is_file()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+    model = SegmentationModule.load_from_checkpoint(last)
+    assert type(model.net).__name__ == "UNet", "the CLI's class_path config rebuilds the net"
+
+
+def test_resume_from_last_checkpoint(tiny_monuseg_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(tiny_monuseg_root, run_dir)
+    main(["fit", *args, "--trainer.max_steps=2", "--trainer.limit_val_batches=0"])
+    main(
+        [
+            "fit",
+            *args,
+            "--trainer.max_steps=4",
+            "--trainer.limit_val_batches=0",
+            f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        ]
+    )
+    import torch
+
+    state = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert state["global_step"] == 4
+
+
+def test_print_config_and_bad_config(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "protoseg.cli",
+            "fit",
+            f"--config={CONFIGS / 'quickstart.yaml'}",
+            "--print_config",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "SegmentationModule" in done.stdout and "MoNuSegDataModule" in done.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "model:\n  class_path: protoseg.lightning_modules.segmentation.SegmentationModule\n"
+        "  init_args:\n    no_such_option: 1\n"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-m", "protoseg.cli", "fit", f"--config={bad}"],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode != 0
+    assert "no_such_option" in failed.stderr
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_subcommands_have_help(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "protoseg.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ("--output_dir" in done.stdout) == (command == "predict")
