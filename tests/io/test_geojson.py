@@ -128,14 +128,11 @@ def test_write_geojson_is_json_and_atomic(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["slide.geojson"]
 
 
-def test_fast_for_a_thousand_nuclei() -> None:
-    import time
-
+def test_a_thousand_nuclei_each_once() -> None:
+    """A MoNuSeg-sized map (speed is measured by benchmarks, not asserted here)."""
     instances = np.zeros((1000, 1000), np.int32)
     for k in range(1000):
         row, col = divmod(k, 32)
         instances[disk((16 + 31 * row, 16 + 31 * col), 8, shape=instances.shape)] = k + 1
-    start = time.perf_counter()
     features = instances_to_geojson(instances)["features"]
-    assert len(features) == 1000
-    assert time.perf_counter() - start < 5.0
+    assert sorted(f["properties"]["instance_id"] for f in features) == list(range(1, 1001))
