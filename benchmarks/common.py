@@ -58,3 +58,29 @@ def write_result(path: str | Path, figures: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def bench_overrides(config: str, run_dir: str | Path, data_root: str) -> list[str]:
+    """CLI arguments that train ``config`` into ``run_dir`` the way benchmarks time it.
+
+    Validation runs once, after training (the benchmark times training, not intermediate
+    checks), and the only callback is a checkpoint that keeps ``last.ckpt``.
+    """
+    run_dir = Path(run_dir)
+    return [
+        f"--config={config}",
+        f"--data.root={data_root}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        "--trainer.check_val_every_n_epoch=1000",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={run_dir}/checkpoints",
+        "--trainer.callbacks.save_last=true",
+        "--trainer.callbacks.save_top_k=0",
+        "--trainer.num_sanity_val_steps=0",
+    ]
+
+
+def rounded(metrics: dict[str, Any], prefix: str = "val/") -> dict[str, float]:
+    """Validation metrics without their prefix, rounded to 4 decimals."""
+    return {k.removeprefix(prefix): round(float(v), 4) for k, v in metrics.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import bench_overrides, rounded, write_result  # noqa: E402
 from protoseg.cli import build_cli  # noqa: E402
 
 
@@ -39,18 +39,8 @@ def main() -> None:
     args = parse_args()
     run_dir = Path(args.run_dir)
     overrides = [
-        f"--config={args.config}",
-        f"--data.root={args.data_root}",
+        *bench_overrides(args.config, run_dir, args.data_root),
         f"--data.val_fraction={args.val_fraction}",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-        # Validate once, after training: the benchmark times training, not intermediate checks.
-        "--trainer.check_val_every_n_epoch=1000",
-        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-        f"--trainer.callbacks.dirpath={run_dir}/checkpoints",
-        "--trainer.callbacks.save_last=true",
-        "--trainer.callbacks.save_top_k=0",
-        "--trainer.num_sanity_val_steps=0",
     ]
     if args.max_steps is not None:
         overrides.append(f"--trainer.max_steps={args.max_steps}")
@@ -73,7 +63,7 @@ def main() -> None:
         "train_wall_seconds": round(train_seconds, 1),
         "validate_wall_seconds": round(validate_seconds, 1),
         "parameters": sum(p.numel() for p in cli.model.parameters()),
-        "validation": {k.removeprefix("val/"): round(float(v), 4) for k, v in metrics.items()},
+        "validation": rounded(metrics),
         "checkpoint": checkpoint.as_posix(),
     }
     path = write_result(args.output, figures)

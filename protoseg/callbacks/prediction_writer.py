@@ -20,7 +20,9 @@ class InstancePredictionWriter(BasePredictionWriter):
 
     - ``<stem>.png``: uint16 instance map of the input's full size, 0 = background;
     - ``<stem>_overlay.png``: the input with predicted outlines;
-    - ``<stem>.geojson``: a FeatureCollection with one polygon per nucleus (QuPath imports it).
+    - ``<stem>.geojson``: a FeatureCollection with one polygon per nucleus (QuPath imports it);
+    - ``binary/<stem>.png``: the 0/255 nuclei mask, for stages whose predictions carry one
+      (label-free stages writing pseudo masks).
 
     Every file is written to a temporary name and renamed, so a killed run leaves either the
     previous file or the complete new one. Each rank writes the images of its own batches.
@@ -29,13 +31,21 @@ class InstancePredictionWriter(BasePredictionWriter):
         output_dir: destination folder, created if needed.
         overlay: also write ``<stem>_overlay.png``.
         geojson: also write ``<stem>.geojson``.
+        binary: also write ``binary/<stem>.png`` when a prediction has a ``binary`` mask.
     """
 
-    def __init__(self, output_dir: str | Path, overlay: bool = True, geojson: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        overlay: bool = True,
+        geojson: bool = True,
+        binary: bool = True,
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.overlay = overlay
         self.geojson = geojson
+        self.binary = binary
 
     def write_on_batch_end(
         self,
@@ -48,9 +58,15 @@ class InstancePredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         for item in prediction:
-            self.write(item["stem"], item["instances"], item.get("path"))
+            self.write(item["stem"], item["instances"], item.get("path"), item.get("binary"))
 
-    def write(self, stem: str, instances: np.ndarray, image_path: str | None = None) -> None:
+    def write(
+        self,
+        stem: str,
+        instances: np.ndarray,
+        image_path: str | None = None,
+        binary: np.ndarray | None = None,
+    ) -> None:
         """Writes the files of one image; ``image_path`` is read back for the overlay."""
         if instances.max(initial=0) > np.iinfo(np.uint16).max:
             raise ValueError(f"{stem}: {instances.max()} instances do not fit a uint16 PNG")
@@ -60,3 +76,6 @@ class InstancePredictionWriter(BasePredictionWriter):
             write_png_atomic(self.output_dir / f"{stem}_overlay.png", picture)
         if self.geojson:
             write_geojson(self.output_dir / f"{stem}.geojson", instances_to_geojson(instances))
+        if self.binary and binary is not None:
+            mask = np.where(binary.astype(bool), 255, 0).astype(np.uint8)
+            write_png_atomic(self.output_dir / "binary" / f"{stem}.png", mask)

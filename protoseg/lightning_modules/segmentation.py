@@ -9,15 +9,20 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from protoseg.lightning_modules.evaluation import (
+    IMAGENET_NORMALIZATION,
+    Normalization,
+    log_overlay,
+    prediction_items,
+    update_metrics,
+)
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.metrics import NucleiMetrics
 from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess import three_class_to_instances
 from protoseg.modules.tiling import predict_tiled
-from protoseg.visualize import denormalize, overlay_instances
 
 Batch = dict[str, Any]
 
@@ -57,10 +62,7 @@ class SegmentationModule(L.LightningModule):
         tile_size: int = 1024,
         tile_overlap: int = 128,
         num_log_images: int = 2,
-        normalization: tuple[tuple[float, float, float], tuple[float, float, float]] = (
-            (0.485, 0.456, 0.406),
-            (0.229, 0.224, 0.225),
-        ),
+        normalization: Normalization = IMAGENET_NORMALIZATION,
     ) -> None:
         super().__init__()
         if not 0 <= tile_overlap < tile_size:
@@ -99,16 +101,13 @@ class SegmentationModule(L.LightningModule):
 
     def _score(self, batch: Batch, metrics: NucleiMetrics) -> list[np.ndarray]:
         predictions = self.predict_instances(batch["image"])
-        targets = [t.cpu().numpy() for t in batch["instances"]]
-        metrics.update(
-            [torch.from_numpy(p) for p in predictions], [torch.from_numpy(t) for t in targets]
-        )
+        update_metrics(metrics, predictions, batch)
         return predictions
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         predictions = self._score(batch, self.val_metrics)
         if batch_idx < self.hparams.num_log_images:
-            self._log_overlay(batch, predictions[0], batch_idx)
+            log_overlay(self, batch, predictions[0], batch_idx, self.hparams.normalization)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=False, sync_dist=False)
@@ -122,22 +121,7 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        predictions = self.predict_instances(batch["image"])
-        return [
-            {"stem": stem, "path": path, "instances": instances}
-            for stem, path, instances in zip(batch["stem"], batch["path"], predictions, strict=True)
-        ]
-
-    def _log_overlay(self, batch: Batch, prediction: np.ndarray, index: int) -> None:
-        if not isinstance(self.logger, TensorBoardLogger) or self.trainer.sanity_checking:
-            return
-        mean, std = self.hparams.normalization
-        image = denormalize(batch["image"][0].float().cpu().numpy(), mean, std)
-        target = batch["instances"][0].cpu().numpy()
-        picture = overlay_instances(image, prediction, target)
-        self.logger.experiment.add_image(
-            f"val/overlay_{index}", picture, self.global_step, dataformats="HWC"
-        )
+        return prediction_items(batch, self.predict_instances(batch["image"]))
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is None:

@@ -1,0 +1,65 @@
+"""Scoring, image logging and prediction items shared by the stages that output nuclei."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from protoseg.metrics import NucleiMetrics
+from protoseg.visualize import denormalize, overlay_instances
+
+Batch = dict[str, Any]
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
+IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def batch_rgb(batch: Batch, normalization: Normalization) -> list[np.ndarray]:
+    """The batch's images back as (H, W, 3) uint8 RGB arrays."""
+    mean, std = normalization
+    return [denormalize(image.float().cpu().numpy(), mean, std) for image in batch["image"]]
+
+
+def update_metrics(metrics: NucleiMetrics, predictions: list[np.ndarray], batch: Batch) -> None:
+    """Adds predicted instance maps and the batch's true ``instances`` to ``metrics``."""
+    metrics.update(
+        [torch.from_numpy(p) for p in predictions],
+        [t.cpu() for t in batch["instances"]],
+    )
+
+
+def log_overlay(
+    module: L.LightningModule,
+    batch: Batch,
+    prediction: np.ndarray,
+    index: int,
+    normalization: Normalization,
+) -> None:
+    """Draws prediction (green) and truth (magenta) outlines of the batch's first image to
+    TensorBoard as ``val/overlay_<index>``; does nothing without a TensorBoard logger."""
+    if not isinstance(module.logger, TensorBoardLogger) or module.trainer.sanity_checking:
+        return
+    image = batch_rgb({"image": batch["image"][:1]}, normalization)[0]
+    target = batch["instances"][0].cpu().numpy()
+    picture = overlay_instances(image, prediction, target)
+    module.logger.experiment.add_image(
+        f"val/overlay_{index}", picture, module.global_step, dataformats="HWC"
+    )
+
+
+def prediction_items(
+    batch: Batch, instances: list[np.ndarray], **extra: list[Any]
+) -> list[dict[str, Any]]:
+    """One dict per image (``stem``, ``path``, ``instances`` and each extra list's entry),
+    the format :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter` reads."""
+    items = []
+    for i, (stem, path, instance_map) in enumerate(
+        zip(batch["stem"], batch["path"], instances, strict=True)
+    ):
+        item = {"stem": stem, "path": path, "instances": instance_map}
+        item.update({key: values[i] for key, values in extra.items()})
+        items.append(item)
+    return items
