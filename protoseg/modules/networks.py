@@ -2,51 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Loads a local state dict (or a Lightning/SSL checkpoint) into a U-Net encoder.
-
-    Accepts a raw ``state_dict``, a checkpoint with a ``state_dict`` entry, and keys prefixed
-    with ``encoder.``/``backbone.``/``model.``, so that weights exported by any protoseg stage or
-    saved by timm load by path. Nothing is downloaded.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: no key of the file matches the encoder.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder weights file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    target = encoder.state_dict()
-    matched: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for prefix in (
-            "",
-            "encoder.",
-            "backbone.",
-            "model.",
-            "encoder.model.",
-            "net.encoder.model.",
-        ):
-            name = key[len(prefix) :] if key.startswith(prefix) else None
-            if name is None:
-                continue
-            # timm's features_only wrapper keeps module names, so a plain timm state dict
-            # maps 1:1; smp's `tu-` encoder adds one `model.` level that we try too.
-            for candidate in (name, f"model.{name}"):
-                if candidate in target and target[candidate].shape == value.shape:
-                    matched[candidate] = value
-    if not matched:
-        raise ValueError(f"{path}: no tensor matches the encoder's parameters")
-    encoder.load_state_dict(matched, strict=False)
+from protoseg.modules.backbones import load_backbone_weights
 
 
 class UNet(nn.Module):
@@ -81,7 +41,8 @@ class UNet(nn.Module):
             encoder_depth=len(decoder_channels),
         )
         if encoder_weights is not None:
-            load_encoder_weights(self.net.encoder, encoder_weights)
+            # smp's `tu-` encoder wraps the timm features_only model, whose keys are timm's.
+            load_backbone_weights(self.net.encoder.model, encoder_weights)
         self.output_stride = 2 ** len(decoder_channels)
 
     @property

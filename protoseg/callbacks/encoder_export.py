@@ -1,0 +1,36 @@
+"""Writes the pretrained encoder of a self-supervised stage when training ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class EncoderExport(Callback):
+    """On fit end, rank 0 writes the module's encoder to ``path`` (the stage's ``encoder_ckpt``).
+
+    The file, ``{"backbone": name, "state_dict": ...}``, is written atomically by the
+    module's ``export_encoder`` (e.g. :meth:`SSLModule.export_encoder`), and loads by path
+    into :class:`~protoseg.modules.backbones.TimmBackbone` (``weights=``) and
+    :class:`~protoseg.modules.networks.UNet` (``encoder_weights=``).
+
+    Args:
+        path: destination file, e.g. ``runs/ssl_simclr/encoder.ckpt``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "export_encoder", None)):
+            raise TypeError(f"EncoderExport: {type(pl_module).__name__} has no export_encoder()")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            written = pl_module.export_encoder(self.path)
+            rank_zero_info(f"protoseg: encoder written to {Path(written).resolve()}")
+        # Ranks leave fit together, so that nobody reads the file before it exists.
+        trainer.strategy.barrier("encoder_export")
