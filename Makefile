@@ -11,7 +11,7 @@ RESULTS := benchmarks/results
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint format quickstart clean bench-monuseg-supervised \
-	bench-monuseg-supervised-holdout
+	bench-monuseg-supervised-holdout bench-monuseg-patchcontrast
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -57,3 +57,12 @@ bench-monuseg-supervised-holdout: ## Same recipe on a seeded 24/6 split: held-ou
 	$(BIN)/python benchmarks/monuseg_supervised.py --data-root $(DATA)/monuseg/train \
 		--val-fraction 0.2 --run-dir runs/bench_holdout \
 		--output $(RESULTS)/monuseg_supervised_holdout.json
+
+BENCH_PC := runs/bench_patchcontrast
+bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmentation head on the 30 training images, then predict the 14 test images
+	$(BIN)/python benchmarks/monuseg_patchcontrast.py --data-root $(DATA)/monuseg/train \
+		--run-dir $(BENCH_PC) --output $(RESULTS)/monuseg_patchcontrast.json
+	$(BIN)/protoseg predict --config configs/patch_contrast/segment_monuseg.yaml \
+		--ckpt_path $(BENCH_PC)/segment/checkpoints/last.ckpt \
+		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PC)/test_predictions
+	@echo "instance maps written: $$(ls $(BENCH_PC)/test_predictions/*.png | grep -vc _overlay)"

@@ -18,7 +18,12 @@ TRAINER_PRESETS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 
 def test_every_config_is_listed() -> None:
     names = {p.relative_to(ROOT / "configs").as_posix() for p in STAGE_CONFIGS}
-    assert {"quickstart.yaml", "monuseg/segment.yaml"} <= names
+    assert {
+        "quickstart.yaml",
+        "monuseg/segment.yaml",
+        "patch_contrast/monuseg.yaml",
+        "patch_contrast/segment_monuseg.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -40,9 +45,14 @@ def test_config_runs_end_to_end(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    data_root = Path(yaml.safe_load(config.read_text())["data"]["init_args"]["root"])
+    data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
+    data_root = Path(data_args["root"])
     if not data_root.is_dir():
         pytest.skip(f"{config.name}: data root {data_root} is absent")
+    # A chained config reads an earlier stage's pseudo masks; true instance maps stand in.
+    pseudo = (
+        [f"--data.pseudo_mask_dir={data_root / 'labels'}"] if "pseudo_mask_dir" in data_args else []
+    )
     run_dir = tmp_path / "run"
     tiny = [
         f"--config={config}",
@@ -57,6 +67,7 @@ def test_config_runs_end_to_end(
         # Every stage config lists its ModelCheckpoint last (save_last: true).
         f"--trainer.callbacks.init_args.dirpath={run_dir / 'ckpt'}",
         "--trainer.enable_progress_bar=false",
+        *pseudo,
     ]
     main(
         [

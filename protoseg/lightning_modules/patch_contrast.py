@@ -1,0 +1,250 @@
+"""Patch-contrastive FCNN: label-free nuclei masks in minutes (Boserup & Selvan, NLDL 2023).
+
+Our reading of the paper, with every choice it leaves open written down:
+
+- **Network**: :class:`~protoseg.modules.fcnn.TinyFCNN` (10.8k parameters) outputs a
+  K-class confidence map (softmax). K = 3 by default rather than 2: nuclei, stroma and
+  light areas (lumen, fat, glass) are three colour families in H&E, and over-clustering keeps
+  the light areas from being lumped with nuclei; the nuclei class is named afterwards.
+- **Views**: each training crop is seen twice, with independent photometric jitter
+  (brightness, contrast, saturation, per-channel gain); the second view is also turned by a
+  random multiple of 90 degrees and flipped, and its confidence map is turned back, so that
+  the two maps are pixel-aligned.
+- **Patches and entropy sampling**: both maps are cut into ``patch_size`` squares; each
+  patch is summarised by its mean class distribution and its average pixel entropy (mean of
+  both views). ``patches_per_image`` patches per crop are drawn with probability
+  ``softmax(-entropy / sampling_temperature)``: confident patches are the positives the
+  network believes in (:func:`~protoseg.modules.patch_contrast.sample_patches_by_entropy`).
+- **Contrastive objective**: a positive pair is one patch in both views; the negatives are
+  the other patches of the batch. We maximise the mutual information of the pairs'
+  distributions (IIC form, :func:`~protoseg.modules.patch_contrast.mutual_information_loss`),
+  which pulls positives together and pushes different patches to different classes without
+  the false negatives an explicit two-class InfoNCE would have.
+- **Convergence**: information separation (Jensen-Shannon divergence) within positives and
+  between positive-negative pairs, averaged with an exponential moving average; training stops
+  once the first is below ``converge_positive`` and the second above ``converge_negative``
+  for ``converge_patience`` consecutive steps (after ``min_steps``).
+- **Masks**: the nuclei class of each image is the one with the highest mean hematoxylin
+  density (colour deconvolution), unless ``nuclei_class`` fixes it; the binary mask is
+  cleaned (holes filled, objects under ``min_area`` px dropped) and split into instances by a
+  watershed on its distance transform.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from protoseg.lightning_modules.evaluation import (
+    IMAGENET_NORMALIZATION,
+    Batch,
+    Normalization,
+    batch_rgb,
+    log_overlay,
+    prediction_items,
+    update_metrics,
+)
+from protoseg.lightning_modules.hparams import save_init_hyperparameters
+from protoseg.metrics import NucleiMetrics
+from protoseg.modules.patch_contrast import (
+    gather_patches,
+    information_separation,
+    mutual_information_loss,
+    patch_mean,
+    pixel_entropy,
+    sample_patches_by_entropy,
+)
+from protoseg.modules.pseudo_masks import (
+    binary_to_instances,
+    clean_binary,
+    hematoxylin_density,
+    nuclei_class,
+)
+from protoseg.modules.tiling import predict_tiled
+
+
+class PatchContrastModule(L.LightningModule):
+    """Trains a tiny FCNN on images alone and turns its confidence maps into nuclei masks.
+
+    Training batches need only ``image`` (B, 3, h, w), normalised with ``normalization``;
+    labels, if the datamodule has them, only score validation. ``predict`` yields instance
+    maps and binary masks for an image folder, which
+    :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter` writes as the
+    ``pseudo_mask_dir`` of the segmentation head.
+
+    Args:
+        net: network mapping (B, 3, H, W) to K-class logits of the same size.
+        optimizer: optimizer factory; default Adam(lr=3e-3).
+        patch_size: side of the contrasted patches, px.
+        patches_per_image: patches drawn per crop and step.
+        sampling_temperature: entropy temperature of the patch sampler (nats).
+        marginal_weight: weight of the class-balance (marginal entropy) terms.
+        jitter: strength of the photometric jitter between views.
+        converge_positive: separation within positives below which training may stop.
+        converge_negative: separation between positive-negative pairs above which it may.
+        converge_patience: consecutive converged steps before stopping; 0 never stops early.
+        min_steps: steps before convergence is checked.
+        ema: smoothing of the logged separations used by the convergence test.
+        nuclei_class: fixed nuclei class; None names it per image by hematoxylin density.
+        min_area: smallest nucleus kept, px.
+        min_distance: smallest distance between two nuclei centres when splitting clumps, px.
+        tile_size: inference tile side for whole images.
+        num_log_images: validation images drawn to TensorBoard per validation run.
+        normalization: the datamodule's (mean, std) on [0, 1] RGB.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable | None = None,
+        patch_size: int = 4,
+        patches_per_image: int = 256,
+        sampling_temperature: float = 0.1,
+        marginal_weight: float = 1.0,
+        jitter: float = 0.15,
+        converge_positive: float = 0.02,
+        converge_negative: float = 0.3,
+        converge_patience: int = 50,
+        min_steps: int = 200,
+        ema: float = 0.95,
+        nuclei_class: int | None = None,
+        min_area: int = 30,
+        min_distance: int = 5,
+        tile_size: int = 1024,
+        num_log_images: int = 2,
+        normalization: Normalization = IMAGENET_NORMALIZATION,
+    ) -> None:
+        super().__init__()
+        save_init_hyperparameters(self)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.val_metrics = NucleiMetrics(prefix="val/")
+        self.test_metrics = NucleiMetrics(prefix="test/")
+        self.register_buffer("separation", torch.tensor([float("nan"), float("nan")]))
+        self.converged_steps = 0
+        self.converged_at_step: int | None = None
+        mean, std = normalization
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, K, H, W) for normalised images of any size."""
+        logits = predict_tiled(self.net, images, self.hparams.tile_size, 32, 1)
+        return logits.softmax(dim=1)
+
+    def _jitter(self, images: torch.Tensor) -> torch.Tensor:
+        strength = self.hparams.jitter
+        batch = images.shape[0]
+
+        def factor(*shape: int) -> torch.Tensor:
+            noise = torch.rand(batch, *shape, 1, 1, device=images.device) * 2 - 1
+            return 1 + strength * noise
+
+        rgb = images * self.std + self.mean
+        grey = rgb.mean(dim=1, keepdim=True)
+        rgb = grey + (rgb - grey) * factor(1)  # saturation
+        mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
+        rgb = mean + (rgb - mean) * factor(1)  # contrast
+        rgb = (rgb * factor(1) * factor(3)).clamp(0, 1)  # brightness, channel gains
+        return (rgb - self.mean) / self.std
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        images = batch["image"]
+        turns = int(torch.randint(4, (1,)))
+        flip = bool(torch.randint(2, (1,)))
+        view_b = torch.rot90(self._jitter(images), turns, dims=(2, 3))
+        view_b = view_b.flip(3) if flip else view_b
+        probs_a = self.net(self._jitter(images)).softmax(dim=1)
+        probs_b = self.net(view_b).softmax(dim=1)
+        probs_b = probs_b.flip(3) if flip else probs_b
+        probs_b = torch.rot90(probs_b, -turns, dims=(2, 3))
+
+        patches_a = patch_mean(probs_a, hp.patch_size)
+        patches_b = patch_mean(probs_b, hp.patch_size)
+        entropy = (pixel_entropy(probs_a) + pixel_entropy(probs_b)).unsqueeze(1) / 2
+        entropy = patch_mean(entropy, hp.patch_size)[:, 0]
+        count = min(hp.patches_per_image, entropy.shape[1])
+        indices = sample_patches_by_entropy(entropy, count, hp.sampling_temperature)
+        pairs_a = gather_patches(patches_a, indices)
+        pairs_b = gather_patches(patches_b, indices)
+        loss = mutual_information_loss(pairs_a, pairs_b, hp.marginal_weight)
+
+        positive, negative = information_separation(pairs_a.detach(), pairs_b.detach())
+        self._track_convergence(positive, negative)
+        size = images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/separation_positive", self.separation[0], prog_bar=True, batch_size=size)
+        self.log("train/separation_negative", self.separation[1], prog_bar=True, batch_size=size)
+        self.log("train/patch_entropy", entropy.mean(), batch_size=size)
+        return loss
+
+    def _track_convergence(self, positive: torch.Tensor, negative: torch.Tensor) -> None:
+        hp = self.hparams
+        current = torch.stack([positive, negative]).to(self.separation)
+        if torch.isnan(self.separation).any():
+            self.separation.copy_(current)
+        else:
+            self.separation.mul_(hp.ema).add_((1 - hp.ema) * current)
+        converged = bool(
+            self.separation[0] < hp.converge_positive and self.separation[1] > hp.converge_negative
+        )
+        self.converged_steps = self.converged_steps + 1 if converged else 0
+        if (
+            hp.converge_patience > 0
+            and self.global_step >= hp.min_steps
+            and self.converged_steps >= hp.converge_patience
+        ):
+            rank_zero_info(
+                f"patch-contrastive FCNN converged at step {self.global_step}: separation "
+                f"within positives {self.separation[0]:.4f}, between pairs {self.separation[1]:.4f}"
+            )
+            self.converged_at_step = self.global_step
+            self.trainer.should_stop = True
+
+    def predict_masks(self, batch: Batch) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Instance maps (H, W) int32 and binary masks (H, W) bool for a batch of whole images."""
+        hp = self.hparams
+        probs = self(batch["image"]).cpu().numpy()
+        instances, binaries = [], []
+        for prob, rgb in zip(probs, batch_rgb(batch, hp.normalization), strict=True):
+            labels = prob.argmax(axis=0)
+            nuclei = hp.nuclei_class
+            if nuclei is None:
+                nuclei = nuclei_class(labels, hematoxylin_density(rgb), prob.shape[0])
+            binary = clean_binary(labels == nuclei, hp.min_area)
+            binaries.append(binary)
+            instances.append(binary_to_instances(binary, hp.min_distance))
+        return instances, binaries
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        instances, _ = self.predict_masks(batch)
+        update_metrics(self.val_metrics, instances, batch)
+        if batch_idx < self.hparams.num_log_images:
+            log_overlay(self, batch, instances[0], batch_idx, self.hparams.normalization)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        update_metrics(self.test_metrics, self.predict_masks(batch)[0], batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        instances, binaries = self.predict_masks(batch)
+        return prediction_items(batch, instances, binary=binaries)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(self.parameters(), lr=3e-3)
+        return self.optimizer_factory(self.parameters())

@@ -1,0 +1,121 @@
+"""Patch-contrastive FCNN: fit on images alone, pseudo masks on disk, convergence stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from protoseg.callbacks.prediction_writer import InstancePredictionWriter
+from protoseg.datamodules.monuseg import MoNuSegDataModule
+from protoseg.lightning_modules.patch_contrast import PatchContrastModule
+from protoseg.modules.fcnn import TinyFCNN
+
+
+def tiny_data(root: Path, **kwargs: object) -> MoNuSegDataModule:
+    defaults = dict(
+        root=str(root),
+        crop_size=32,
+        crops_per_epoch=8,
+        batch_size=4,
+        num_workers=0,
+        val_fraction=0.0,
+    )
+    return MoNuSegDataModule(**{**defaults, **kwargs})
+
+
+def tiny_module(**kwargs: object) -> PatchContrastModule:
+    defaults = dict(patches_per_image=16, min_area=5, min_distance=3, tile_size=64)
+    return PatchContrastModule(
+        net=TinyFCNN(widths=(8, 8), dilations=(1, 2)), **{**defaults, **kwargs}
+    )
+
+
+def test_fit_on_images_then_write_pseudo_masks_the_head_can_read(
+    tiny_monuseg_root: Path, tmp_path: Path
+) -> None:
+    L.seed_everything(0)
+    model = tiny_module(converge_patience=0)
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+    )
+    data = tiny_data(tiny_monuseg_root, label_source="none")
+    before = [p.detach().clone() for p in model.net.parameters()]
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 6
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True))
+    assert torch.isfinite(model.separation).all()
+
+    out = tmp_path / "pseudo"
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[InstancePredictionWriter(out, overlay=False, geojson=False)],
+    )
+    trainer.predict(model, datamodule=data, return_predictions=False)
+    for stem in ("img0", "img1", "img2"):
+        instances = np.array(Image.open(out / f"{stem}.png"))
+        binary = np.array(Image.open(out / "binary" / f"{stem}.png"))
+        assert instances.dtype == np.uint16 and instances.shape == (64, 64)
+        assert set(np.unique(binary)) <= {0, 255}
+        assert ((instances > 0) == (binary > 0)).all()
+    assert not list(out.rglob("*.tmp"))
+
+    head_data = tiny_data(tiny_monuseg_root, pseudo_mask_dir=str(out))
+    head_data.setup("fit")
+    assert len(head_data.train_dataset) == 8
+
+
+def test_validation_scores_pseudo_masks_against_labels(tiny_monuseg_root: Path) -> None:
+    L.seed_everything(0)
+    model = tiny_module()
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False)
+    data = tiny_data(tiny_monuseg_root)
+    trainer.fit(model, datamodule=data)
+    (metrics,) = trainer.validate(model, datamodule=data)
+    assert {"val/pixel_dice", "val/aji", "val/object_dice"} <= metrics.keys()
+
+
+def test_views_are_aligned_before_pairing(tiny_monuseg_root: Path) -> None:
+    """A pointwise network sees the same pixel in both views: positives do not separate."""
+    L.seed_everything(0)
+    model = PatchContrastModule(
+        net=nn.Conv2d(3, 3, 1), jitter=0.0, patches_per_image=16, converge_patience=0
+    )
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(model, datamodule=tiny_data(tiny_monuseg_root, label_source="none"))
+    assert model.separation[0].item() < 1e-6
+
+
+def test_convergence_criterion_stops_training(tiny_monuseg_root: Path) -> None:
+    L.seed_everything(0)
+    # Thresholds every step meets: training stops once patience is reached after min_steps.
+    model = tiny_module(
+        converge_positive=10.0, converge_negative=-1.0, converge_patience=3, min_steps=4
+    )
+    trainer = L.Trainer(
+        max_steps=50,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(model, datamodule=tiny_data(tiny_monuseg_root, label_source="none"))
+    assert model.converged_at_step == 4
+    assert trainer.global_step == 5

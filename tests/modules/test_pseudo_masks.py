@@ -1,0 +1,54 @@
+"""From confidence maps to nuclei pseudo masks: naming the nuclei class, cleaning, splitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from protoseg.modules.pseudo_masks import (
+    binary_to_instances,
+    clean_binary,
+    hematoxylin_density,
+    nuclei_class,
+)
+
+
+def test_purple_nuclei_carry_more_hematoxylin_than_pink_stroma() -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:, :2] = (95, 60, 140)  # nucleus purple
+    image[:, 2:] = (235, 200, 220)  # stroma pink
+    density = hematoxylin_density(image)
+    assert density[:, :2].min() > density[:, 2:].max()
+    with pytest.raises(ValueError, match="RGB"):
+        hematoxylin_density(image[..., 0])
+
+
+def test_nuclei_class_is_the_hematoxylin_rich_one() -> None:
+    labels = np.array([[0, 0, 2, 2], [0, 0, 2, 2]])
+    density = np.array([[0.1, 0.1, 0.9, 0.8], [0.2, 0.1, 0.7, 0.9]])
+    assert nuclei_class(labels, density, num_classes=3) == 2  # class 1 is empty
+
+
+def test_clean_binary_fills_holes_and_drops_specks() -> None:
+    mask = np.zeros((40, 40), bool)
+    mask[disk((20, 20), 8)] = True
+    mask[20, 20] = False  # a hole
+    mask[2, 2] = True  # a speck
+    cleaned = clean_binary(mask, min_area=10)
+    assert cleaned[20, 20] and not cleaned[2, 2]
+
+
+def test_touching_nuclei_are_split_and_lone_ones_kept() -> None:
+    mask = np.zeros((60, 90), bool)
+    mask[disk((30, 25), 11)] = True
+    mask[disk((30, 45), 11)] = True  # touches the first
+    mask[disk((30, 75), 6)] = True
+    instances = binary_to_instances(mask, min_distance=5)
+    assert instances.dtype == np.int32 and instances.max() == 3
+    assert instances[30, 20] != instances[30, 50]
+    assert ((instances > 0) == mask).all()
+
+
+def test_empty_mask_gives_no_instance() -> None:
+    assert binary_to_instances(np.zeros((8, 8), bool)).max() == 0
