@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,17 @@ def bench_overrides(config: str, run_dir: str | Path, data_root: str) -> list[st
 def rounded(metrics: dict[str, Any], prefix: str = "val/") -> dict[str, float]:
     """Validation metrics without their prefix, rounded to 4 decimals."""
     return {k.removeprefix(prefix): round(float(v), 4) for k, v in metrics.items()}
+
+
+def fresh_run_dir(run_dir: str | Path) -> Path:
+    """Empties ``run_dir`` so that a rerun's ``last.ckpt`` and outputs are its own.
+
+    Lightning names a new checkpoint ``last-v1.ckpt`` when ``last.ckpt`` exists, so a rerun
+    into a used folder would leave the Makefile's ``predict`` step reading the old weights.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        print(f"benchmark: removing the previous run in {run_dir}")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir

@@ -19,7 +19,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import bench_overrides, rounded, write_result  # noqa: E402
+from benchmarks.common import bench_overrides, fresh_run_dir, rounded, write_result  # noqa: E402
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter  # noqa: E402
 from protoseg.cli import build_cli  # noqa: E402
 
@@ -44,7 +44,7 @@ def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 def main() -> None:
     args = parse_args()
-    run_dir = Path(args.run_dir)
+    run_dir = fresh_run_dir(args.run_dir)
     fcnn_dir, pseudo_dir, segment_dir = (
         run_dir / "fcnn",
         run_dir / "pseudo_masks",

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import bench_overrides, rounded, write_result  # noqa: E402
+from benchmarks.common import bench_overrides, fresh_run_dir, rounded, write_result  # noqa: E402
 from protoseg.cli import build_cli  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    run_dir = Path(args.run_dir)
+    run_dir = fresh_run_dir(args.run_dir)
     overrides = [
         *bench_overrides(args.config, run_dir, args.data_root),
         f"--data.val_fraction={args.val_fraction}",
