@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from skimage.draw import disk
 from skimage.measure import find_contours
@@ -124,3 +125,21 @@ def make_monuseg_root() -> MakeRoot:
 def tiny_monuseg_root(tmp_path: Path, make_monuseg_root: MakeRoot) -> Path:
     """Three 64 px images with uint16 instance PNGs (``images/``, ``labels/``)."""
     return make_monuseg_root(tmp_path / "monuseg")
+
+
+def write_pyramid(path: Path, image: np.ndarray, mpp: float, levels: int = 3) -> Path:
+    """Tiled TIFF, one page per level (each half the last), as OpenSlide's generic TIFF reads."""
+    with tifffile.TiffWriter(path) as writer:
+        for level in range(levels):
+            writer.write(
+                image,
+                tile=(64, 64),
+                photometric="rgb",
+                compression="zlib",
+                subfiletype=1 if level else 0,
+                resolution=(1e4 / (mpp * 2**level),) * 2,
+                resolutionunit="CENTIMETER",
+            )
+            half = image.reshape(image.shape[0] // 2, 2, image.shape[1] // 2, 2, 3).mean((1, 3))
+            image = half.round().astype(np.uint8)
+    return path
