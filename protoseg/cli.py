@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter
+from protoseg.callbacks.preemption import PreemptionCheckpoint
+from protoseg.callbacks.slide_writer import SlidePredictionWriter
+from protoseg.datamodules.slide_predict import WSIPredictDataModule
 
 
 class ProtosegCLI(LightningCLI):
@@ -33,11 +39,15 @@ class ProtosegCLI(LightningCLI):
         return parser
 
     def before_predict(self) -> None:
-        """Attaches the prediction writer, so that predictions land on disk, not in memory."""
+        """Attaches the prediction writer, so that predictions land on disk, not in memory:
+        one GeoJSON and preview per slide for a slide datamodule, else files per image."""
         output_dir = self.config.predict.get("output_dir")
         if output_dir is None:
             output_dir = Path(self.trainer.default_root_dir) / "predictions"
-        writer = InstancePredictionWriter(output_dir)
+        if isinstance(self.datamodule, WSIPredictDataModule):
+            writer: L.Callback = SlidePredictionWriter(output_dir)
+        else:
+            writer = InstancePredictionWriter(output_dir)
         self.trainer.callbacks.append(writer)
         print(f"protoseg: writing predictions to {Path(output_dir).resolve()}")
 
@@ -61,15 +71,34 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
         auto_configure_optimizers=False,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"default_root_dir": "runs"},
+        # Callbacks given here are added to those of the config (Lightning's LightningCLI).
+        trainer_defaults={"default_root_dir": "runs", "callbacks": [PreemptionCheckpoint()]},
         args=args,
         run=run,
     )
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``protoseg`` console script."""
-    build_cli(args)
+    """Entry point of the ``protoseg`` console script.
+
+    ``protoseg slurm ...`` and ``protoseg report ...`` are plain argparse tools, dispatched
+    before LightningCLI parses; everything else is a LightningCLI subcommand. A fit stopped by
+    SIGTERM/SIGUSR1 (its ``last.ckpt`` saved) exits with status 128 + signal number.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv and argv[0] in ("slurm", "report"):
+        from protoseg import report, slurm
+
+        status = (slurm.main if argv[0] == "slurm" else report.main)(argv[1:])
+        if status:
+            raise SystemExit(status)
+        return
+    try:
+        build_cli(args)
+    except SIGTERMException as stopped:
+        # Lightning raises it without a status on SIGTERM; PreemptionCheckpoint gives one.
+        code = stopped.code if isinstance(stopped.code, int) and stopped.code else None
+        raise SystemExit(code or 128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

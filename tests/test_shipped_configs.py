@@ -12,7 +12,13 @@ from PIL import Image
 from protoseg.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+# Section presets, passed beside a stage config (``--config configs/trainer/X.yaml``,
+# ``--data configs/wsi/X.yaml``), are not stage configs; the WSI data fragment runs end to end
+# in tests/callbacks/test_slide_writer.py.
+SECTION_PRESET_DIRS = ("trainer", "wsi")
+STAGE_CONFIGS = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in SECTION_PRESET_DIRS
+)
 TRAINER_PRESETS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 
 

@@ -18,19 +18,22 @@ class EncoderExport(Callback):
     :class:`~protoseg.modules.networks.UNet` (``encoder_weights=``).
 
     Args:
-        path: destination file, e.g. ``runs/ssl_simclr/encoder.ckpt``.
+        path: destination file, e.g. ``runs/ssl_simclr/encoder.ckpt``; None:
+            ``<trainer.default_root_dir>/encoder.ckpt``, so that runs that differ only in
+            ``--trainer.default_root_dir`` (a sweep's seeds) do not overwrite each other's.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not callable(getattr(pl_module, "export_encoder", None)):
             raise TypeError(f"EncoderExport: {type(pl_module).__name__} has no export_encoder()")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = self.path or Path(trainer.default_root_dir) / "encoder.ckpt"
         if trainer.is_global_zero:
-            written = pl_module.export_encoder(self.path)
+            written = pl_module.export_encoder(path)
             rank_zero_info(f"protoseg: encoder written to {Path(written).resolve()}")
         # Ranks leave fit together, so that nobody reads the file before it exists.
         trainer.strategy.barrier("encoder_export")

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from protoseg.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    EpochSeedSampler,
     RandomCropDataset,
+    epoch_seed_sampler,
+    evaluation_sampler,
     normalize,
     train_transform,
 )
@@ -357,20 +358,22 @@ class MoNuSegDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') first")
-        # torch.initial_seed() is the seed_everything seed (a fresh random one without it).
-        sampler = EpochSeedSampler(self.hparams.crops_per_epoch, torch.initial_seed())
+        # Under DDP each rank takes its share of the epoch's crops.
+        sampler = epoch_seed_sampler(self.hparams.crops_per_epoch, self.trainer)
         return self._loader(self.train_dataset, batch_size=self.hparams.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         # No true labels (e.g. pseudo masks only): an empty list makes Lightning skip validation.
         if self.val_dataset is None:
             return []
-        return self._loader(self.val_dataset, batch_size=1)
+        sampler = evaluation_sampler(self.val_dataset, self.trainer)
+        return self._loader(self.val_dataset, batch_size=1, sampler=sampler)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_dataset is None:
             raise RuntimeError("call setup('test') first")
-        return self._loader(self.test_dataset, batch_size=1)
+        sampler = evaluation_sampler(self.test_dataset, self.trainer)
+        return self._loader(self.test_dataset, batch_size=1, sampler=sampler)
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dataset is None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from protoseg.datamodules.transforms import PAD_FILL, EpochSeedSampler
+from protoseg.datamodules.transforms import PAD_FILL, epoch_seed_sampler
 from protoseg.io.errors import DataError
 from protoseg.io.images import read_rgb
 
@@ -133,8 +133,8 @@ class TileFolderDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') first")
         hp = self.hparams
-        # torch.initial_seed() is the seed_everything seed (a fresh random one without it).
-        sampler = EpochSeedSampler(hp.crops_per_epoch, torch.initial_seed())
+        # Under DDP each rank takes its share of the epoch's crops.
+        sampler = epoch_seed_sampler(hp.crops_per_epoch, self.trainer)
         return DataLoader(
             self.train_dataset,
             batch_size=hp.batch_size,

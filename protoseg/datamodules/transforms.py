@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING
 
 import albumentations as A
 import cv2
+import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from protoseg.datamodules.targets import instances_to_three_class
 
@@ -89,35 +92,92 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
-class EpochSeedSampler(Sampler[int]):
-    """Yields ``num_samples`` sample seeds per epoch, a function of (base_seed, epoch) only.
+class EpochSeedSampler(DistributedSampler):
+    """Yields sample seeds, a function of (base_seed, epoch) only, shared among DDP ranks.
 
     The dataset turns each seed into one random crop, so batches depend neither on the
     number of DataLoader workers nor on which worker loads them, and ``set_epoch`` (called
     by Lightning before each training epoch, also after resuming) gives every epoch new
     crops. Without ``set_epoch`` calls, each iteration moves on to the next epoch.
 
+    Every rank draws the same ``num_samples`` epoch seeds and keeps every
+    ``num_replicas``-th one from its ``rank`` on (the last ``num_samples % num_replicas``
+    are dropped, so that ranks step together): the shares are disjoint, and step ``k``'s
+    batches of all ranks together hold seeds ``k * B * W`` to ``(k + 1) * B * W - 1``, the
+    batch a single process with batch size ``B * W`` trains on. Being a
+    ``DistributedSampler``, Lightning uses it as it is instead of wrapping it in its own
+    (shuffling, padding) distributed sampler. Build it with :func:`epoch_seed_sampler`.
+
     Args:
-        num_samples: seeds per epoch (the epoch length).
-        base_seed: e.g. ``torch.initial_seed()``, which ``seed_everything`` sets.
+        num_samples: seeds per epoch for all ranks together (the epoch length).
+        base_seed: e.g. ``torch.initial_seed()``, which ``seed_everything`` sets; the same on
+            every rank.
+        num_replicas: number of DDP processes.
+        rank: this process's global rank.
     """
 
-    def __init__(self, num_samples: int, base_seed: int) -> None:
-        self.num_samples = num_samples
+    def __init__(
+        self, num_samples: int, base_seed: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if num_samples < num_replicas:
+            raise ValueError(f"{num_samples} samples cannot feed {num_replicas} processes")
+        super().__init__(
+            range(num_samples),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=False,
+            seed=base_seed,
+            drop_last=True,
+        )
+        # DistributedSampler's num_samples is per rank; this is the epoch's, all ranks.
+        self.epoch_samples = num_samples
         self.base_seed = base_seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.base_seed, self.epoch])
         self.epoch += 1
-        seeds = rng.integers(0, np.iinfo(np.int64).max, size=self.num_samples, dtype=np.int64)
-        return iter(seeds.tolist())
+        seeds = rng.integers(0, np.iinfo(np.int64).max, size=self.epoch_samples, dtype=np.int64)
+        return iter(seeds[self.rank : self.total_size : self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def epoch_seed_sampler(num_samples: int, trainer: L.Trainer | None) -> EpochSeedSampler:
+    """The training sampler of a datamodule attached to ``trainer`` (None: one process).
+
+    The base seed is ``torch.initial_seed()`` (the ``seed_everything`` seed, a fresh random one
+    without it), rank 0's under DDP: were the ranks' seeds to differ, their shares would
+    overlap.
+    """
+    base_seed = torch.initial_seed()
+    if trainer is None or trainer.world_size == 1:
+        return EpochSeedSampler(num_samples, base_seed)
+    base_seed = trainer.strategy.broadcast(base_seed, src=0)
+    return EpochSeedSampler(num_samples, base_seed, trainer.world_size, trainer.global_rank)
+
+
+def evaluation_sampler(dataset: Dataset, trainer: L.Trainer | None) -> Sampler[int] | None:
+    """Under DDP, each image of ``dataset`` once, on one rank; None (in order) otherwise.
+
+    Lightning's default distributed sampler pads the dataset to a multiple of the number of
+    processes by repeating images, which metrics averaged over images would count twice.
+    With this one ranks may hold one image more than others; the metrics gather per-image
+    scores (:class:`~protoseg.metrics.NucleiMetrics`), so every image counts once. With fewer
+    images than processes a rank would have none and skip the epoch-end hooks where metrics
+    sync (a hang), so Lightning's padding sampler is kept, with a warning.
+    """
+    if trainer is None or trainer.world_size == 1:
+        return None
+    if len(dataset) < trainer.world_size:
+        rank_zero_warn(
+            f"{len(dataset)} evaluation images for {trainer.world_size} processes: some "
+            "images are scored twice (Lightning pads every process to one image)"
+        )
+        return None
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )
 
 
 class RandomCropDataset(Dataset):

@@ -14,7 +14,7 @@ import openslide
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from protoseg.datamodules.transforms import EpochSeedSampler
+from protoseg.datamodules.transforms import epoch_seed_sampler
 from protoseg.io.errors import DataError
 from protoseg.io.wsi import open_slide, read_region_at_mpp, slide_mpp, tissue_mask, tissue_tile_grid
 
@@ -221,8 +221,8 @@ class WSITileDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') first")
-        # torch.initial_seed() is the seed_everything seed (a fresh random one without it).
-        sampler = EpochSeedSampler(self.hparams.tiles_per_epoch, torch.initial_seed())
+        # Under DDP each rank takes its share of the epoch's tiles.
+        sampler = epoch_seed_sampler(self.hparams.tiles_per_epoch, self.trainer)
         return DataLoader(
             self.train_dataset,
             batch_size=self.hparams.batch_size,

@@ -188,6 +188,8 @@ class PatchContrastModule(L.LightningModule):
     def _track_convergence(self, positive: torch.Tensor, negative: torch.Tensor) -> None:
         hp = self.hparams
         current = torch.stack([positive, negative]).to(self.separation)
+        # Under DDP every rank must take the same stop decision, or the others wait forever.
+        current = self.trainer.strategy.reduce(current, reduce_op="mean")
         if torch.isnan(self.separation).any():
             self.separation.copy_(current)
         else:
