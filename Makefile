@@ -11,7 +11,8 @@ RESULTS := benchmarks/results
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint format quickstart clean bench-monuseg-supervised \
-	bench-monuseg-supervised-holdout bench-monuseg-patchcontrast
+	bench-monuseg-supervised-holdout bench-monuseg-patchcontrast bench-monuseg-psm bench-wsi bench-ssl \
+	sweep-ssl sweep-segment report
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -66,3 +67,65 @@ bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmen
 		--ckpt_path $(BENCH_PC)/segment/checkpoints/last.ckpt \
 		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PC)/test_predictions
 	@echo "instance maps written: $$(ls $(BENCH_PC)/test_predictions/*.png | grep -vc _overlay)"
+
+BENCH_PSM := runs/bench_psm
+bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> segmentation head on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images
+	$(BIN)/python benchmarks/monuseg_psm.py --data-root $(DATA)/monuseg/train \
+		--run-dir $(BENCH_PSM) --output $(RESULTS)/monuseg_psm.json
+	$(BIN)/protoseg predict --config configs/psm/segment_monuseg.yaml \
+		--ckpt_path $(BENCH_PSM)/segment/checkpoints/last.ckpt \
+		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PSM)/test_predictions
+	@echo "instance maps written: $$(ls $(BENCH_PSM)/test_predictions/*.png | grep -vc _overlay)"
+
+WSI_DEVICE ?= cpu
+# A trained segmentation head (e.g. the one of bench-monuseg-supervised); empty: random init.
+WSI_CKPT ?=
+bench-wsi: ## Whole-slide prediction tiles/s and peak memory: the CMU SVS and a generated 20k x 20k pyramid (WSI_DEVICE=cuda on a GPU)
+	$(BIN)/python benchmarks/wsi.py --svs $(DATA)/wsi/CMU-1-Small-Region.svs --size 20000 \
+		--device $(WSI_DEVICE) --run-dir runs/bench_wsi --output $(RESULTS)/wsi.json \
+		$(if $(WSI_CKPT),--ckpt $(WSI_CKPT))
+
+# lightly is the reference of the throughput figures, not a protoseg dependency: installed
+# here only, torch/torchvision held by constraints.txt (lightly 1.6.0 adds hydra-core,
+# omegaconf, antlr4-python3-runtime). On a GPU:
+#   make bench-ssl BENCH_SSL_ARGS="--device cuda --output $(RESULTS)/ssl_gpu.json"
+BENCH_SSL_ARGS ?=
+bench-ssl: ## SSL: SimCLR/MoCo v2/BYOL/DINO images/s vs lightly (ResNet-18, 224 px) and linear-probe Dice vs random init (~20 min, 2 CPU cores)
+	$(BIN)/uv pip install --python $(BIN)/python $(UV_SOURCES) -c constraints.txt lightly==1.6.0
+	$(BIN)/python benchmarks/ssl_bench.py --output $(RESULTS)/ssl.json $(BENCH_SSL_ARGS)
+
+# Sweeps: one plain `protoseg fit` line per grid point (`make -n sweep-ssl` prints them), each
+# run in its own folder: seed, logs, checkpoints (the configs list ModelCheckpoint last) and
+# the SSL encoder (EncoderExport writes <default_root_dir>/encoder.ckpt). With SLURM=1 each
+# line writes an sbatch script with `protoseg slurm` and submits it.
+SWEEPS ?= runs/sweeps
+SEEDS ?= 0 1 2
+SSL_METHODS ?= simclr moco byol dino
+SSL_DATASETS ?= monuseg
+SEG_CONFIGS ?= monuseg/segment
+SLURM ?= 0
+SLURM_ARGS ?= --nodes 1 --gpus-per-node 4 --time 24:00:00 --partition gpu
+define newline
+
+
+endef
+# $(call fit_args,CONFIG,RUN_DIR,SEED)
+fit_args = --config $(1) --seed_everything $(3) --trainer.default_root_dir $(2) \
+	--trainer.logger.init_args.save_dir $(2) --trainer.callbacks.init_args.dirpath $(2)/checkpoints
+ifeq ($(SLURM),1)
+sweep_run = $(BIN)/protoseg slurm $(SLURM_ARGS) --job-name $(notdir $(2)) --log-dir $(2) \
+	--output $(2)/job.sbatch $(call fit_args,$(1),$(2),$(3)) && sbatch $(2)/job.sbatch
+else
+sweep_run = $(BIN)/protoseg fit $(call fit_args,$(1),$(2),$(3))
+endif
+
+sweep-ssl: ## SSL sweep: SSL_METHODS x SSL_DATASETS x SEEDS into runs/sweeps/ssl/ (SLURM=1: sbatch each)
+	$(foreach m,$(SSL_METHODS),$(foreach d,$(SSL_DATASETS),$(foreach s,$(SEEDS),$(call \
+		sweep_run,configs/ssl/$(m)_$(d).yaml,$(SWEEPS)/ssl/$(m)_$(d)_s$(s),$(s))$(newline))))
+
+sweep-segment: ## Segmentation-head sweep: SEG_CONFIGS x SEEDS into runs/sweeps/segment/ (SLURM=1: sbatch each)
+	$(foreach c,$(SEG_CONFIGS),$(foreach s,$(SEEDS),$(call \
+		sweep_run,configs/$(c).yaml,$(SWEEPS)/segment/$(subst /,_,$(c))_s$(s),$(s))$(newline)))
+
+report: ## One markdown table of benchmarks/results/*.json and the sweeps' last metrics (REPORT=file.csv for CSV)
+	$(BIN)/protoseg report --results $(RESULTS) $(if $(wildcard $(SWEEPS)),--runs $(SWEEPS)) $(if $(REPORT),--output $(REPORT))

@@ -9,6 +9,7 @@ import platform
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,58 @@ def fresh_run_dir(run_dir: str | Path) -> Path:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``function(*args, **kwargs)`` and its wall time in seconds (0.1 s)."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, round(time.perf_counter() - start, 1)
+
+
+def label_free_chain(
+    stage_config: str,
+    segment_config: str,
+    run_dir: str | Path,
+    data_root: str,
+    segment_steps: int | None = None,
+) -> dict[str, Any]:
+    """Runs a label-free chain: stage fit -> validate -> pseudo masks -> head fit -> validate.
+
+    The stage trains into ``run_dir/stage``, writes its pseudo masks (predict with an
+    :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter`) into
+    ``run_dir/pseudo_masks``, and the segmentation head trains on them into
+    ``run_dir/segment``. Returns the two built CLIs (``stage``, ``segment``), the validation
+    metrics of both, and the wall seconds of the three timed steps.
+    """
+    from protoseg.callbacks.prediction_writer import InstancePredictionWriter
+    from protoseg.cli import build_cli
+
+    run_dir = Path(run_dir)
+    pseudo_dir = run_dir / "pseudo_masks"
+    stage = build_cli(bench_overrides(stage_config, run_dir / "stage", data_root), run=False)
+    _, stage_seconds = timed(stage.trainer.fit, stage.model, datamodule=stage.datamodule)
+    (stage_metrics,) = stage.trainer.validate(stage.model, datamodule=stage.datamodule)
+    stage.trainer.callbacks.append(InstancePredictionWriter(pseudo_dir, geojson=False))
+    _, pseudo_seconds = timed(
+        stage.trainer.predict, stage.model, datamodule=stage.datamodule, return_predictions=False
+    )
+    overrides = [
+        *bench_overrides(segment_config, run_dir / "segment", data_root),
+        f"--data.pseudo_mask_dir={pseudo_dir}",
+    ]
+    if segment_steps is not None:
+        overrides.append(f"--trainer.max_steps={segment_steps}")
+    segment = build_cli(overrides, run=False)
+    _, segment_seconds = timed(segment.trainer.fit, segment.model, datamodule=segment.datamodule)
+    (segment_metrics,) = segment.trainer.validate(segment.model, datamodule=segment.datamodule)
+    return {
+        "stage": stage,
+        "segment": segment,
+        "pseudo_dir": pseudo_dir,
+        "stage_metrics": stage_metrics,
+        "segment_metrics": segment_metrics,
+        "stage_seconds": stage_seconds,
+        "pseudo_seconds": pseudo_seconds,
+        "segment_seconds": segment_seconds,
+    }

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import bench_overrides, fresh_run_dir, rounded, write_result  # noqa: E402
-from protoseg.callbacks.prediction_writer import InstancePredictionWriter  # noqa: E402
-from protoseg.cli import build_cli  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    fresh_run_dir,
+    label_free_chain,
+    rounded,
+    write_result,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,41 +36,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``function(*args, **kwargs)`` and its wall time in seconds."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, round(time.perf_counter() - start, 1)
-
-
 def main() -> None:
     args = parse_args()
     run_dir = fresh_run_dir(args.run_dir)
-    fcnn_dir, pseudo_dir, segment_dir = (
-        run_dir / "fcnn",
-        run_dir / "pseudo_masks",
-        run_dir / "segment",
+    chain = label_free_chain(
+        args.fcnn_config, args.segment_config, run_dir, args.data_root, args.segment_steps
     )
-
-    fcnn = build_cli(bench_overrides(args.fcnn_config, fcnn_dir, args.data_root), run=False)
-    _, fcnn_seconds = timed(fcnn.trainer.fit, fcnn.model, datamodule=fcnn.datamodule)
-    fcnn_steps = fcnn.trainer.global_step
-    (fcnn_metrics,) = fcnn.trainer.validate(fcnn.model, datamodule=fcnn.datamodule)
-    fcnn.trainer.callbacks.append(InstancePredictionWriter(pseudo_dir, geojson=False))
-    _, pseudo_seconds = timed(
-        fcnn.trainer.predict, fcnn.model, datamodule=fcnn.datamodule, return_predictions=False
-    )
-
-    overrides = [
-        *bench_overrides(args.segment_config, segment_dir, args.data_root),
-        f"--data.pseudo_mask_dir={pseudo_dir}",
-    ]
-    if args.segment_steps is not None:
-        overrides.append(f"--trainer.max_steps={args.segment_steps}")
-    segment = build_cli(overrides, run=False)
-    _, segment_seconds = timed(segment.trainer.fit, segment.model, datamodule=segment.datamodule)
-    (segment_metrics,) = segment.trainer.validate(segment.model, datamodule=segment.datamodule)
-
+    fcnn, segment = chain["stage"], chain["segment"]
+    seconds = [chain[k] for k in ("stage_seconds", "pseudo_seconds", "segment_seconds")]
     separation = fcnn.model.separation.tolist()
     figures = {
         "benchmark": "monuseg_patchcontrast",
@@ -79,23 +53,23 @@ def main() -> None:
         "validation_is_held_out": False,
         "fcnn": {
             "parameters": sum(p.numel() for p in fcnn.model.net.parameters()),
-            "steps": fcnn_steps,
+            "steps": fcnn.trainer.global_step,
             "max_steps": fcnn.trainer.max_steps,
             "converged_at_step": fcnn.model.converged_at_step,
             "separation_positive": round(separation[0], 4),
             "separation_negative": round(separation[1], 4),
-            "train_wall_seconds": fcnn_seconds,
-            "pseudo_mask_wall_seconds": pseudo_seconds,
-            "pseudo_mask_validation": rounded(fcnn_metrics),
+            "train_wall_seconds": chain["stage_seconds"],
+            "pseudo_mask_wall_seconds": chain["pseudo_seconds"],
+            "pseudo_mask_validation": rounded(chain["stage_metrics"]),
         },
         "segment": {
             "parameters": sum(p.numel() for p in segment.model.parameters()),
             "steps": segment.trainer.global_step,
-            "train_wall_seconds": segment_seconds,
-            "validation": rounded(segment_metrics),
+            "train_wall_seconds": chain["segment_seconds"],
+            "validation": rounded(chain["segment_metrics"]),
         },
-        "chain_wall_seconds": round(fcnn_seconds + pseudo_seconds + segment_seconds, 1),
-        "pseudo_mask_dir": pseudo_dir.as_posix(),
+        "chain_wall_seconds": round(sum(seconds), 1),
+        "pseudo_mask_dir": Path(chain["pseudo_dir"]).as_posix(),
         "checkpoint": Path(segment.trainer.checkpoint_callback.last_model_path).as_posix(),
     }
     path = write_result(args.output, figures)

@@ -1,0 +1,222 @@
+"""Prior self-activation maps and semantic clustering: the pure functions of the PSM stage.
+
+Chen et al., "Exploring Unsupervised Cell Recognition with Prior Self-activation Maps",
+MICCAI 2023 (arXiv 2308.11144). The stage itself is
+:class:`protoseg.lightning_modules.psm.PSMModule`; every choice where the paper is vague is
+listed in that module's docstring. Here:
+
+- :func:`activation_from_gradients` / :func:`gradient_activation_map`: the gradient of a
+  self-supervised loss with respect to shallow feature maps, aggregated into one map per
+  image, (B, 1, H, W) in [0, 1];
+- :func:`pixel_cues`, :func:`cluster_pixels`, :func:`foreground_cluster` and
+  :func:`psm_binary_mask`: k-means over colour (stain density) and activation cues, and the
+  choice of the cell cluster, giving binary masks;
+- :func:`cell_points` and :func:`classify_cells`: instances to points, and points to cell
+  classes by a second k-means on per-cell stain densities (multi-class detection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from skimage.color import rgb2hed
+from sklearn.cluster import KMeans
+
+AggregationMode = Literal["gradcam", "elementwise"]
+Cue = Literal["hematoxylin", "density"]
+EPS = 1e-8
+
+
+def normalize_per_image(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scales each image of (B, C, H, W) to [0, 1]; a constant image becomes 0."""
+    flat = maps.flatten(1)
+    low = flat.amin(dim=1).view(-1, 1, 1, 1)
+    high = flat.amax(dim=1).view(-1, 1, 1, 1)
+    return (maps - low) / (high - low).clamp_min(EPS)
+
+
+def activation_from_gradients(
+    features: Sequence[torch.Tensor],
+    gradients: Sequence[torch.Tensor],
+    size: tuple[int, int],
+    mode: AggregationMode = "elementwise",
+) -> torch.Tensor:
+    """Aggregates feature maps and their gradients into one activation map per image.
+
+    Per layer l with activations A (B, C, h, w) and gradients G of the same shape:
+
+    - ``gradcam``: ``ReLU(sum_c mean_hw(G_c) * A_c)`` (Grad-CAM's channel weights);
+    - ``elementwise``: ``sum_c |G_c * A_c|`` (each pixel's own first-order contribution,
+      which keeps the fine spatial detail shallow layers carry).
+
+    Each layer's map is upsampled (bilinear) to ``size`` and min-max normalised per image, so
+    that layers of different scale weigh equally; the sum over layers is normalised again.
+
+    Returns:
+        (B, 1, H, W) float in [0, 1].
+    """
+    if len(features) != len(gradients) or not features:
+        raise ValueError(f"need matching feature and gradient lists, got {len(features)}")
+    total = None
+    for activation, gradient in zip(features, gradients, strict=True):
+        if activation.shape != gradient.shape:
+            raise ValueError(f"feature {activation.shape} and gradient {gradient.shape} differ")
+        if mode == "gradcam":
+            weights = gradient.mean(dim=(2, 3), keepdim=True)
+            layer = F.relu((weights * activation).sum(dim=1, keepdim=True))
+        elif mode == "elementwise":
+            layer = (gradient * activation).abs().sum(dim=1, keepdim=True)
+        else:
+            raise ValueError(f"mode must be 'gradcam' or 'elementwise', got {mode!r}")
+        layer = F.interpolate(layer.float(), size=size, mode="bilinear", align_corners=False)
+        layer = normalize_per_image(layer)
+        total = layer if total is None else total + layer
+    assert total is not None
+    return normalize_per_image(total.detach())
+
+
+def gradient_activation_map(
+    features: Sequence[torch.Tensor],
+    loss: torch.Tensor,
+    size: tuple[int, int],
+    mode: AggregationMode = "elementwise",
+) -> torch.Tensor:
+    """:func:`activation_from_gradients` with the gradients of ``loss`` w.r.t. ``features``.
+
+    ``loss`` must be a sum (not a mean mixing images through BatchNorm statistics) of
+    per-image terms for the maps to be independent; the scale does not matter (normalised).
+
+    Returns:
+        (B, 1, H, W) float in [0, 1], detached.
+    """
+    gradients = torch.autograd.grad(loss, list(features), allow_unused=False)
+    return activation_from_gradients(features, gradients, size, mode)
+
+
+def stain_densities(image: np.ndarray) -> np.ndarray:
+    """Hematoxylin, eosin and DAB densities (H, W, 3) of an RGB image (H, W, 3) uint8."""
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    return rgb2hed(image)
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean()) / (values.std() + EPS)
+
+
+def cell_cue(image: np.ndarray, cue: Cue = "hematoxylin") -> np.ndarray:
+    """The colour evidence of cells (H, W): hematoxylin density (H&E nuclei), or total
+    optical density (IHC, where positive nuclei are brown and negative ones blue)."""
+    if cue == "hematoxylin":
+        return stain_densities(image)[..., 0]
+    if cue == "density":
+        return -np.log(np.clip(image.astype(np.float64), 1.0, 255.0) / 255.0).sum(axis=-1)
+    raise ValueError(f"cue must be 'hematoxylin' or 'density', got {cue!r}")
+
+
+def pixel_cues(
+    image: np.ndarray,
+    activation: np.ndarray,
+    activation_weight: float = 1.0,
+    cue: Cue = "hematoxylin",
+    smooth_sigma: float = 1.0,
+) -> np.ndarray:
+    """Per-pixel clustering features (H * W, 2): colour cue and activation, z-scored per image.
+
+    Light Gaussian smoothing (``smooth_sigma`` px) of the colour cue quiets chromatin texture
+    that would otherwise pepper the masks. The polarity of a self-activation map is not fixed
+    by the self-supervised objective (a network may light up nuclei or the tissue around
+    them; on MoNuSeg we saw both for different random inits), so the activation is negated
+    when it anti-correlates with the colour cue. ``activation_weight`` scales the activation
+    column, i.e. its say in the Euclidean k-means distance.
+    """
+    if activation.shape != image.shape[:2]:
+        raise ValueError(f"activation {activation.shape} and image {image.shape[:2]} differ")
+    colour = cell_cue(image, cue)
+    if smooth_sigma > 0:
+        colour = ndi.gaussian_filter(colour, smooth_sigma)
+    colour, active = _zscore(colour), _zscore(activation.astype(np.float64))
+    if np.mean(colour * active) < 0:
+        active = -active
+    columns = [colour, activation_weight * active]
+    return np.stack([c.ravel() for c in columns], axis=1)
+
+
+def cluster_pixels(
+    cues: np.ndarray, num_clusters: int, max_samples: int = 20000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (scikit-learn) on a random subsample of pixels, then every pixel assigned.
+
+    Returns:
+        Cluster ids (N,) int64 and cluster centres (K, F).
+    """
+    if num_clusters < 2:
+        raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
+    rng = np.random.default_rng(seed)
+    sample = cues if len(cues) <= max_samples else cues[rng.choice(len(cues), max_samples, False)]
+    kmeans = KMeans(num_clusters, n_init=3, random_state=seed).fit(sample)
+    return kmeans.predict(cues).astype(np.int64), kmeans.cluster_centers_
+
+
+def foreground_cluster(centers: np.ndarray) -> int:
+    """The cell cluster: the largest sum of the (z-scored) colour and activation cues."""
+    return int(np.argmax(centers.sum(axis=1)))
+
+
+def psm_binary_mask(
+    image: np.ndarray,
+    activation: np.ndarray,
+    num_clusters: int = 3,
+    activation_weight: float = 1.0,
+    cue: Cue = "hematoxylin",
+    smooth_sigma: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Semantic clustering of one image into a cell/background mask (H, W) bool."""
+    cues = pixel_cues(image, activation, activation_weight, cue, smooth_sigma)
+    labels, centers = cluster_pixels(cues, num_clusters, seed=seed)
+    return (labels == foreground_cluster(centers)).reshape(image.shape[:2])
+
+
+def cell_points(instances: np.ndarray) -> np.ndarray:
+    """Centroids (N, 2) float64 as (x, y) of instances 1..N of an (H, W) map (ids in order)."""
+    ids = np.unique(instances)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return np.zeros((0, 2))
+    centres = ndi.center_of_mass(np.ones(instances.shape), instances, ids)
+    return np.asarray(centres, dtype=np.float64)[:, ::-1].copy()
+
+
+def classify_cells(
+    image: np.ndarray, instances: np.ndarray, num_classes: int, seed: int = 0
+) -> np.ndarray:
+    """Cell classes (N,) int64 for instances 1..N, by k-means on per-cell stain densities.
+
+    Each cell is described by its mean hematoxylin, eosin and DAB densities; the clusters are
+    renumbered by ascending mean DAB so that, in Ki-67 IHC, class 0 is the negative (blue)
+    cells and class ``num_classes - 1`` the most DAB-positive (brown) ones.
+    """
+    ids = np.unique(instances)
+    ids = ids[ids > 0]
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if ids.size == 0 or num_classes == 1:
+        return np.zeros(ids.size, dtype=np.int64)
+    stains = stain_densities(image)
+    means = np.stack([ndi.mean(stains[..., c], instances, ids) for c in range(3)], axis=1)
+    count = min(num_classes, ids.size)
+    kmeans = KMeans(count, n_init=3, random_state=seed).fit(_zscore_columns(means))
+    order = np.argsort([means[kmeans.labels_ == k, 2].mean() for k in range(count)])
+    rank = np.empty(count, dtype=np.int64)
+    rank[order] = np.arange(count)
+    return rank[kmeans.labels_]
+
+
+def _zscore_columns(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean(axis=0)) / (values.std(axis=0) + EPS)
