@@ -68,8 +68,8 @@ def trainer(devices: int) -> L.Trainer:
     )
 
 
-# ~90 s of CPU (two spawned processes import torch and Lightning): over the fast suite's budget.
-@pytest.mark.slow
+# ~90 s of CPU (two spawned processes import torch and Lightning), run by default: issue #6
+# asks for this DDP check in CI.
 def test_two_process_fit_and_validation_equal_one_process(
     tmp_path: Path, make_monuseg_root: object
 ) -> None:
