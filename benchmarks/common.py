@@ -155,3 +155,38 @@ def label_free_chain(
         "pseudo_seconds": pseudo_seconds,
         "segment_seconds": segment_seconds,
     }
+
+
+def chain_figures(
+    benchmark: str, configs: list[str], chain: dict[str, Any], stage_key: str, stage: dict
+) -> dict[str, Any]:
+    """The JSON figures of a :func:`label_free_chain` run.
+
+    ``stage`` holds the stage's own figures (parameters, steps, ...); its wall times and
+    pseudo-mask validation are added under ``stage_key``, beside the head's figures.
+    """
+    head = chain["segment"]
+    seconds = [chain[k] for k in ("stage_seconds", "pseudo_seconds", "segment_seconds")]
+    return {
+        "benchmark": benchmark,
+        "configs": configs,
+        "train_images": len(chain["stage"].datamodule.train_records),
+        "labels_used_for_training": False,
+        "validation_is_held_out": False,
+        stage_key: {
+            **stage,
+            "train_wall_seconds": chain["stage_seconds"],
+            "pseudo_mask_wall_seconds": chain["pseudo_seconds"],
+            "pseudo_mask_validation": rounded(chain["stage_metrics"]),
+        },
+        "segment": {
+            "parameters": sum(p.numel() for p in head.model.parameters()),
+            "steps": head.trainer.global_step,
+            "max_steps": head.trainer.max_steps,
+            "train_wall_seconds": chain["segment_seconds"],
+            "validation": rounded(chain["segment_metrics"]),
+        },
+        "chain_wall_seconds": round(sum(seconds), 1),
+        "pseudo_mask_dir": Path(chain["pseudo_dir"]).as_posix(),
+        "checkpoint": Path(head.trainer.checkpoint_callback.last_model_path).as_posix(),
+    }

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
+    chain_figures,
     fresh_run_dir,
     label_free_chain,
-    rounded,
     write_result,
 )
 
@@ -42,36 +42,18 @@ def main() -> None:
     chain = label_free_chain(
         args.fcnn_config, args.segment_config, run_dir, args.data_root, args.segment_steps
     )
-    fcnn, segment = chain["stage"], chain["segment"]
-    seconds = [chain[k] for k in ("stage_seconds", "pseudo_seconds", "segment_seconds")]
+    fcnn = chain["stage"]
     separation = fcnn.model.separation.tolist()
-    figures = {
-        "benchmark": "monuseg_patchcontrast",
-        "configs": [args.fcnn_config, args.segment_config],
-        "train_images": len(fcnn.datamodule.train_records),
-        "labels_used_for_training": False,
-        "validation_is_held_out": False,
-        "fcnn": {
-            "parameters": sum(p.numel() for p in fcnn.model.net.parameters()),
-            "steps": fcnn.trainer.global_step,
-            "max_steps": fcnn.trainer.max_steps,
-            "converged_at_step": fcnn.model.converged_at_step,
-            "separation_positive": round(separation[0], 4),
-            "separation_negative": round(separation[1], 4),
-            "train_wall_seconds": chain["stage_seconds"],
-            "pseudo_mask_wall_seconds": chain["pseudo_seconds"],
-            "pseudo_mask_validation": rounded(chain["stage_metrics"]),
-        },
-        "segment": {
-            "parameters": sum(p.numel() for p in segment.model.parameters()),
-            "steps": segment.trainer.global_step,
-            "train_wall_seconds": chain["segment_seconds"],
-            "validation": rounded(chain["segment_metrics"]),
-        },
-        "chain_wall_seconds": round(sum(seconds), 1),
-        "pseudo_mask_dir": Path(chain["pseudo_dir"]).as_posix(),
-        "checkpoint": Path(segment.trainer.checkpoint_callback.last_model_path).as_posix(),
+    stage = {
+        "parameters": sum(p.numel() for p in fcnn.model.net.parameters()),
+        "steps": fcnn.trainer.global_step,
+        "max_steps": fcnn.trainer.max_steps,
+        "converged_at_step": fcnn.model.converged_at_step,
+        "separation_positive": round(separation[0], 4),
+        "separation_negative": round(separation[1], 4),
     }
+    configs = [args.fcnn_config, args.segment_config]
+    figures = chain_figures("monuseg_patchcontrast", configs, chain, "fcnn", stage)
     path = write_result(args.output, figures)
     print(f"wrote {path}: pseudo masks {figures['fcnn']['pseudo_mask_validation']}")
     print(f"segmentation head {figures['segment']['validation']}")

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
+    chain_figures,
     fresh_run_dir,
     label_free_chain,
-    rounded,
     write_result,
 )
 
@@ -43,34 +43,15 @@ def main() -> None:
     chain = label_free_chain(
         args.psm_config, args.segment_config, run_dir, args.data_root, args.segment_steps
     )
-    psm, segment = chain["stage"], chain["segment"]
-    seconds = [chain[k] for k in ("stage_seconds", "pseudo_seconds", "segment_seconds")]
-    figures = {
-        "benchmark": "monuseg_psm",
-        "configs": [args.psm_config, args.segment_config],
-        "train_images": len(psm.datamodule.train_records),
-        "labels_used_for_training": False,
-        "validation_is_held_out": False,
-        "psm": {
-            "parameters": sum(p.numel() for p in psm.model.parameters()),
-            "backbone_parameters": sum(p.numel() for p in psm.model.backbone.parameters()),
-            "steps": psm.trainer.global_step,
-            "max_steps": psm.trainer.max_steps,
-            "train_wall_seconds": chain["stage_seconds"],
-            "pseudo_mask_wall_seconds": chain["pseudo_seconds"],
-            "pseudo_mask_validation": rounded(chain["stage_metrics"]),
-        },
-        "segment": {
-            "parameters": sum(p.numel() for p in segment.model.parameters()),
-            "steps": segment.trainer.global_step,
-            "max_steps": segment.trainer.max_steps,
-            "train_wall_seconds": chain["segment_seconds"],
-            "validation": rounded(chain["segment_metrics"]),
-        },
-        "chain_wall_seconds": round(sum(seconds), 1),
-        "pseudo_mask_dir": Path(chain["pseudo_dir"]).as_posix(),
-        "checkpoint": Path(segment.trainer.checkpoint_callback.last_model_path).as_posix(),
+    psm = chain["stage"]
+    stage = {
+        "parameters": sum(p.numel() for p in psm.model.parameters()),
+        "backbone_parameters": sum(p.numel() for p in psm.model.backbone.parameters()),
+        "steps": psm.trainer.global_step,
+        "max_steps": psm.trainer.max_steps,
     }
+    configs = [args.psm_config, args.segment_config]
+    figures = chain_figures("monuseg_psm", configs, chain, "psm", stage)
     path = write_result(args.output, figures)
     print(f"wrote {path}: pseudo masks {figures['psm']['pseudo_mask_validation']}")
     print(f"segmentation head {figures['segment']['validation']}")
