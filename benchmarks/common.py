@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from protoseg.precision import cpu_has_native_bf16
+
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what platform says."""
@@ -33,6 +35,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -15,6 +15,7 @@ from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
 from protoseg.callbacks.slide_writer import SlidePredictionWriter
 from protoseg.datamodules.slide_predict import WSIPredictDataModule
+from protoseg.precision import resolve_precision
 
 
 class ProtosegCLI(LightningCLI):
@@ -37,6 +38,12 @@ class ProtosegCLI(LightningCLI):
                 "(default: <trainer.default_root_dir>/predictions).",
             )
         return parser
+
+    def before_instantiate_classes(self) -> None:
+        """Falls back from bf16 to float32 on CPUs that would only emulate bf16."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.trainer
+        trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
 
     def before_predict(self) -> None:
         """Attaches the prediction writer, so that predictions land on disk, not in memory:

@@ -95,7 +95,8 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images = batch["image"].contiguous(memory_format=torch.channels_last)
-        loss = self.loss(self.net(images), batch["target"])
+        # Under bf16 autocast the logits are bf16; the loss is computed in float32.
+        loss = self.loss(self.net(images).float(), batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
