@@ -359,7 +359,9 @@ class MoNuSegDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') first")
         # Under DDP each rank takes its share of the epoch's crops.
-        sampler = epoch_seed_sampler(self.hparams.crops_per_epoch, self.trainer)
+        sampler = epoch_seed_sampler(
+            self.hparams.crops_per_epoch, self.trainer, self.hparams.batch_size
+        )
         return self._loader(self.train_dataset, batch_size=self.hparams.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:

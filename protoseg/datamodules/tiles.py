@@ -134,7 +134,9 @@ class TileFolderDataModule(L.LightningDataModule):
             raise RuntimeError("call setup('fit') first")
         hp = self.hparams
         # Under DDP each rank takes its share of the epoch's crops.
-        sampler = epoch_seed_sampler(hp.crops_per_epoch, self.trainer)
+        sampler = epoch_seed_sampler(
+            hp.crops_per_epoch, self.trainer, hp.batch_size, drop_last=True
+        )
         return DataLoader(
             self.train_dataset,
             batch_size=hp.batch_size,

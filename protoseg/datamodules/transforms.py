@@ -133,28 +133,76 @@ class EpochSeedSampler(DistributedSampler):
         self.epoch_samples = num_samples
         self.base_seed = base_seed
 
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Makes the next iteration epoch ``epoch``'s seeds without this rank's first ``skip``.
+
+        A fit resumed mid-epoch thus trains on the crops an uninterrupted fit would have
+        seen next, instead of restarting the epoch (or epoch 0) from its first crop.
+        """
+        if not 0 <= skip <= self.num_samples:
+            raise ValueError(f"skip must be in [0, {self.num_samples}], got {skip}")
+        self.set_epoch(epoch)
+        self._skip = skip
+
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.base_seed, self.epoch])
         self.epoch += 1
+        skip, self._skip = getattr(self, "_skip", 0), 0
         seeds = rng.integers(0, np.iinfo(np.int64).max, size=self.epoch_samples, dtype=np.int64)
-        return iter(seeds[self.rank : self.total_size : self.num_replicas].tolist())
+        return iter(seeds[self.rank : self.total_size : self.num_replicas][skip:].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
 
 
-def epoch_seed_sampler(num_samples: int, trainer: L.Trainer | None) -> EpochSeedSampler:
+def epoch_seed_sampler(
+    num_samples: int, trainer: L.Trainer | None, batch_size: int = 1, drop_last: bool = False
+) -> EpochSeedSampler:
     """The training sampler of a datamodule attached to ``trainer`` (None: one process).
 
     The base seed is ``torch.initial_seed()`` (the ``seed_everything`` seed, a fresh random one
     without it), rank 0's under DDP: were the ranks' seeds to differ, their shares would
-    overlap.
+    overlap. A trainer restored from a checkpoint (``global_step > 0``) has the sampler
+    continue where that checkpoint's run stood (:func:`resume_sampler`); ``batch_size`` and
+    ``drop_last`` are the DataLoader's.
     """
     base_seed = torch.initial_seed()
     if trainer is None or trainer.world_size == 1:
-        return EpochSeedSampler(num_samples, base_seed)
-    base_seed = trainer.strategy.broadcast(base_seed, src=0)
-    return EpochSeedSampler(num_samples, base_seed, trainer.world_size, trainer.global_rank)
+        sampler = EpochSeedSampler(num_samples, base_seed)
+    else:
+        base_seed = trainer.strategy.broadcast(base_seed, src=0)
+        sampler = EpochSeedSampler(num_samples, base_seed, trainer.world_size, trainer.global_rank)
+    if trainer is not None and trainer.global_step > 0:
+        resume_sampler(sampler, trainer, batch_size, drop_last)
+    return sampler
+
+
+def resume_sampler(
+    sampler: EpochSeedSampler, trainer: L.Trainer, batch_size: int, drop_last: bool = False
+) -> None:
+    """Positions ``sampler`` after the batches of the ``trainer.global_step`` steps done.
+
+    Lightning restarts the training DataLoader from its first batch when it resumes
+    mid-epoch (and, since it creates the iterator before it sets the sampler's epoch, from
+    epoch 0's seeds). Every epoch here has the same number of batches, so the step count
+    alone tells the epoch and the batch to go on from. With ``limit_train_batches`` the
+    epoch length is not the loader's and the sampler is left as it is (with a warning).
+
+    A checkpoint saved after the *last* batch of an epoch is the exception: Lightning 2.6
+    then ends its resumed epoch after one batch and starts the next, so from the second
+    batch on the crops are those of one epoch later than an uninterrupted fit's (the step
+    count is still exact).
+    """
+    if trainer.limit_train_batches not in (1, 1.0):
+        rank_zero_warn(
+            "limit_train_batches is set: a resumed fit restarts its epoch's crops from the first"
+        )
+        return
+    rounding = math.floor if drop_last else math.ceil
+    batches_per_epoch = max(rounding(len(sampler) / batch_size), 1)
+    batches_done = trainer.global_step * trainer.accumulate_grad_batches
+    epoch, batch = divmod(batches_done, batches_per_epoch)
+    sampler.resume_at(epoch, batch * batch_size)
 
 
 def evaluation_sampler(dataset: Dataset, trainer: L.Trainer | None) -> Sampler[int] | None:

@@ -222,7 +222,9 @@ class WSITileDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') first")
         # Under DDP each rank takes its share of the epoch's tiles.
-        sampler = epoch_seed_sampler(self.hparams.tiles_per_epoch, self.trainer)
+        sampler = epoch_seed_sampler(
+            self.hparams.tiles_per_epoch, self.trainer, self.hparams.batch_size
+        )
         return DataLoader(
             self.train_dataset,
             batch_size=self.hparams.batch_size,

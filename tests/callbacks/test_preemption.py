@@ -154,3 +154,43 @@ def test_killed_protoseg_fit_resumes_with_the_same_command(
     assert log.read_text().split() == [str(s) for s in range(1, MAX_STEPS + 1)]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     assert steps_in(run_dir / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+class BatchLog(Callback):
+    """Records a fingerprint of every training batch; signals this process after ``at_step``."""
+
+    def __init__(self, signum: int | None = None, at_step: int = 0) -> None:
+        self.fingerprints: list[float] = []
+        self.signum = signum
+        self.at_step = at_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, output: Any, batch: Any, *_
+    ) -> None:
+        self.fingerprints.append(round(float(batch["image"].double().sum()), 3))
+        if self.signum is not None and trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)
+
+
+# Not at step 4, the last of epoch 0: see the exception in protoseg's resume_sampler.
+@pytest.mark.parametrize("at_step", [2, 5], ids=["epoch0-mid", "epoch1-mid"])
+def test_resumed_fit_trains_on_the_batches_of_an_uninterrupted_one(
+    at_step: int, tiny_monuseg_root: Path, tmp_path: Path
+) -> None:
+    whole = build_cli(fit_args(tiny_monuseg_root, tmp_path / "whole"), run=False)
+    reference = BatchLog()
+    whole.trainer.callbacks.insert(0, reference)
+    whole.trainer.fit(whole.model, datamodule=whole.datamodule)
+    assert len(reference.fingerprints) == MAX_STEPS
+
+    run_dir = tmp_path / "stopped"
+    first = build_cli(fit_args(tiny_monuseg_root, run_dir), run=False)
+    before = BatchLog(signal.SIGTERM, at_step)
+    first.trainer.callbacks.insert(0, before)
+    with pytest.raises(SIGTERMException):
+        first.trainer.fit(first.model, datamodule=first.datamodule)
+    again = build_cli(fit_args(tiny_monuseg_root, run_dir), run=False)
+    after = BatchLog()
+    again.trainer.callbacks.insert(0, after)
+    again.trainer.fit(again.model, datamodule=again.datamodule, ckpt_path="last")
+    assert before.fingerprints + after.fingerprints == reference.fingerprints

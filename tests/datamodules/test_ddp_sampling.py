@@ -72,3 +72,50 @@ def test_datamodule_helpers_follow_the_trainer() -> None:
     assert shares == [[0, 2, 4], [1, 3]], "each image once, no padding duplicate"
     assert evaluation_sampler(images, SimpleNamespace(world_size=1, global_rank=0)) is None
     assert evaluation_sampler([0], ranks[0]) is None  # type: ignore[arg-type]
+
+
+def test_resume_at_continues_an_epoch_where_it_stood() -> None:
+    whole = EpochSeedSampler(12, base_seed=5)
+    whole.set_epoch(3)
+    expected = list(whole)
+    resumed = EpochSeedSampler(12, base_seed=5)
+    resumed.resume_at(epoch=3, skip=8)
+    assert list(resumed) == expected[8:]
+    # The skip applies once: the next epoch is whole again.
+    resumed.set_epoch(4)
+    whole.set_epoch(4)
+    assert list(resumed) == list(whole)
+    with pytest.raises(ValueError, match="skip"):
+        resumed.resume_at(epoch=0, skip=13)
+
+
+class _RestoredTrainer:
+    """The few trainer attributes the sampler reads, as after loading a checkpoint."""
+
+    world_size, global_rank, limit_train_batches = 1, 0, 1.0
+
+    def __init__(self, global_step: int, accumulate_grad_batches: int = 1) -> None:
+        self.global_step = global_step
+        self.accumulate_grad_batches = accumulate_grad_batches
+
+
+@pytest.mark.parametrize(
+    ("global_step", "accumulate", "drop_last", "epoch", "skip"),
+    [
+        (2, 1, False, 0, 4),
+        (4, 1, False, 1, 0),
+        (5, 1, False, 1, 2),
+        (3, 2, False, 1, 4),
+        (3, 1, True, 1, 0),
+    ],
+)
+def test_restored_trainer_positions_the_sampler(
+    global_step: int, accumulate: int, drop_last: bool, epoch: int, skip: int
+) -> None:
+    # 7 samples at batch 2: 4 batches per epoch, 3 with drop_last.
+    torch.manual_seed(3)
+    trainer = _RestoredTrainer(global_step, accumulate)
+    sampler = epoch_seed_sampler(7, trainer, batch_size=2, drop_last=drop_last)  # type: ignore[arg-type]
+    reference = EpochSeedSampler(7, base_seed=3)
+    reference.set_epoch(epoch)
+    assert list(sampler) == list(reference)[skip:]
