@@ -5,8 +5,10 @@ Predicts the shared CMU-1-Small-Region.svs (2220 x 2967 px) and a synthetic pyra
 initialised U-Net (resnet18) segmentation head, through the same datamodule and writer as
 ``protoseg predict``. Each slide runs in a fresh child process, so that its peak memory is
 its own: ``peak_rss_mib`` is the child's ``ru_maxrss`` (main process: model, batches,
-stitching, preview) and ``worker_peak_rss_mib`` the largest of its DataLoader workers'
-(``RUSAGE_CHILDREN``, tile reading). Bounded memory shows as equal peaks for both slides.
+stitching, preview) taken when ``trainer.predict`` returns, and ``worker_peak_rss_mib`` the
+largest of its DataLoader workers' (``RUSAGE_CHILDREN``, tile reading). Bounded memory shows
+as equal peaks for both slides, and as a flat ``peak_rss_trace`` (the main process's peak
+after so many tiles) once the first batches have warmed the allocator and oneDNN.
 ``tiles_per_s`` counts tiles predicted over the wall time of ``trainer.predict`` (tissue
 detection, reading, inference, post-processing and writing included).
 
@@ -93,10 +95,27 @@ def write_synthetic_pyramid(path: Path, size: int, mpp: float = 0.25) -> Path:
     return path
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def predict_slide(args: argparse.Namespace) -> dict[str, float]:
     """Child mode: predicts one slide and returns its figures."""
     import lightning as L
     import torch
+
+    from protoseg.precision import resolve_precision
+
+    class PeakTrace(L.Callback):
+        """The peak RSS after each predicted batch: [(tiles so far, MiB), ...]."""
+
+        def __init__(self) -> None:
+            self.points: list[tuple[int, float]] = []
+
+        def on_predict_batch_end(self, trainer: L.Trainer, module, outputs, batch, *_) -> None:
+            done = (self.points[-1][0] if self.points else 0) + len(batch["image"])
+            self.points.append((done, peak_rss_mib()))
 
     from protoseg.callbacks.slide_writer import SlidePredictionWriter
     from protoseg.datamodules.slide_predict import WSIPredictDataModule
@@ -117,18 +136,25 @@ def predict_slide(args: argparse.Namespace) -> dict[str, float]:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    writer = SlidePredictionWriter(args.out)
+    writer, trace = SlidePredictionWriter(args.out), PeakTrace()
     trainer = L.Trainer(
         accelerator=args.device,
         devices=1,
+        precision=resolve_precision(args.precision, args.device),
         logger=False,
         enable_checkpointing=False,
-        callbacks=[writer],
+        callbacks=[writer, trace],
         limit_predict_batches=args.limit_batches,
     )
     start = time.perf_counter()
     trainer.predict(model, datamodule=data, return_predictions=False)
     seconds = time.perf_counter() - start
+    # Before the GeoJSON is read back below: parsing 100k polygons takes its own memory.
+    peak = peak_rss_mib()
+    step = max(len(trace.points) // 8, 1)
+    peak_trace = trace.points[step - 1 :: step]
+    if peak_trace[-1:] != trace.points[-1:]:
+        peak_trace.append(trace.points[-1])
     grid = data.grids[0]
     tiles = len(grid.tiles)
     if args.limit_batches is not None:
@@ -141,8 +167,9 @@ def predict_slide(args: argparse.Namespace) -> dict[str, float]:
         "nuclei": nuclei,
         "seconds": round(seconds, 2),
         "tiles_per_s": round(tiles / seconds, 3),
-        # Linux reports ru_maxrss in KiB.
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "precision": str(trainer.precision),
+        "peak_rss_mib": peak,
+        "peak_rss_trace": peak_trace,
         "worker_peak_rss_mib": round(
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
         ),
@@ -160,6 +187,9 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--precision", default="bf16-mixed", help="float32 where the CPU lacks native bf16"
+    )
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke runs only")
     parser.add_argument("--ckpt", default=None, help="segmentation head checkpoint (random init)")
@@ -185,7 +215,15 @@ def main() -> None:
             print(f"benchmark: {slide} is absent, skipped")
             continue
         command = [sys.executable, __file__, "--slide", str(slide), "--out", str(run_dir / name)]
-        for option in ("device", "mpp", "tile_size", "overlap", "batch_size", "num_workers"):
+        for option in (
+            "device",
+            "mpp",
+            "tile_size",
+            "overlap",
+            "batch_size",
+            "num_workers",
+            "precision",
+        ):
             command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
         if args.limit_batches is not None:
             command += ["--limit-batches", str(args.limit_batches)]
