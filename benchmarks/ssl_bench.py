@@ -122,16 +122,20 @@ def our_module(
     return cli if keep_cli else cli.model
 
 
-def our_step(module: L.LightningModule, device: torch.device, lr: float) -> Callable:
-    """A training step ``uint8 tiles (B, 3, S, S) -> None`` of one of our SSL modules."""
+def our_step(
+    module: L.LightningModule, device: torch.device, lr: float, bf16: bool = False
+) -> Callable:
+    """A training step ``uint8 tiles (B, 3, S, S) -> None`` of one of our SSL modules; with
+    ``bf16``, views, forward and loss under bf16 autocast (Lightning's ``bf16-mixed``)."""
     module.to(device).train()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
 
     def step(tiles: torch.Tensor) -> None:
         images = tiles.to(device, non_blocking=True).float().div_(255.0)
-        batch = module.on_after_batch_transfer({"image": images}, 0)
-        loss = module.training_step(batch, 0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            batch = module.on_after_batch_transfer({"image": images}, 0)
+            loss = module.training_step(batch, 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         module.on_after_backward()
@@ -176,13 +180,15 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         torch.manual_seed(0)
         module = our_module(method, args.size, args.backbone)
         ours_loader = tile_loader(TileDataset(tiles), args.batch_size, batches, args.workers)
-        ours = measure(our_step(module, device, lr), ours_loader, args.warmup, args.steps, device)
+        bf16 = args.precision == "bf16"
+        step = our_step(module, device, lr, bf16)
+        ours = measure(step, ours_loader, args.warmup, args.steps, device)
         backbone = type(module.backbone)(args.backbone)
         del module
         local = max(16, round(args.size * DINO_LOCAL_RATIO))
         transform = lightly_transform(method, args.size, local, num_local=4)
         loader = tile_loader(TileDataset(tiles, transform), args.batch_size, batches, args.workers)
-        step = lightly_step(method, backbone, device, lr, total_steps=batches)
+        step = lightly_step(method, backbone, device, lr, total_steps=batches, bf16=bf16)
         theirs = measure(step, loader, args.warmup, args.steps, device)
         ratio = round(ours["images_per_s"] / theirs["images_per_s"], 3)
         results[method] = {"ours": ours, "lightly": theirs, "ratio_ours_over_lightly": ratio}
@@ -310,8 +316,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--tile-size", type=int, default=224, help="input tile side, px")
     group.add_argument("--pool", type=int, default=64, help="distinct tiles")
     group.add_argument("--batch-size", type=int, default=None, help="default 16 CPU, 128 CUDA")
-    group.add_argument("--warmup", type=int, default=None, help="default 2 CPU, 10 CUDA")
-    group.add_argument("--steps", type=int, default=None, help="timed steps: 5 CPU, 30 CUDA")
+    group.add_argument("--warmup", type=int, default=None, help="default 3 CPU, 10 CUDA")
+    group.add_argument("--steps", type=int, default=None, help="timed steps: 10 CPU, 30 CUDA")
+    group.add_argument(
+        "--precision",
+        choices=["32", "bf16"],
+        default="32",
+        help="both implementations: float32, or forward and loss under bf16 autocast",
+    )
     group = parser.add_argument_group("probe")
     group.add_argument("--skip-probe", action="store_true")
     group.add_argument("--probe-root", default="../shared/data/monuseg/train")
@@ -327,8 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.workers is None:
         args.workers = min(8, os.cpu_count() or 1) if cuda else 0
     args.batch_size = args.batch_size or (128 if cuda else 16)
-    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
-    args.steps = args.steps or (30 if cuda else 5)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 3)
+    args.steps = args.steps or (30 if cuda else 10)
     if args.image_root == "none":
         args.image_root = None
     return args
@@ -352,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
             "tile_size": args.tile_size,
             "batch_size": args.batch_size,
             "warmup_steps": args.warmup,
+            "precision": args.precision,
             "timed_steps": args.steps,
             "distinct_tiles": args.pool,
             "tiles_from": args.image_root or "random noise",
@@ -359,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
             "dino_views": "2 global + 4 local",
             "lightly": _lightly_version(),
             "note": "same timm backbone for both; lightly's transforms run per image in the "
-            "DataLoader, ours batched on the device after it; ours also applies HED jitter",
+            "DataLoader, ours batched on the device after it; ours also applies HED jitter "
+            "and feeds channels-last views to the backbone",
         }
         figures["throughput"] = throughput(args, device)
     if not args.skip_probe:

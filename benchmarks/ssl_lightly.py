@@ -74,10 +74,16 @@ def lightly_transform(method: str, size: int, local_size: int, num_local: int) -
 
 
 def lightly_step(
-    method: str, backbone: nn.Module, device: torch.device, lr: float, total_steps: int
+    method: str,
+    backbone: nn.Module,
+    device: torch.device,
+    lr: float,
+    total_steps: int,
+    bf16: bool = False,
 ) -> Step:
     """A training step ``views -> None`` (forward, loss, backward, optimizer) of lightly's
-    ``method`` on ``backbone`` (features (B, F)), with the widths of configs/ssl/*.yaml."""
+    ``method`` on ``backbone`` (features (B, F)), with the widths of configs/ssl/*.yaml;
+    with ``bf16``, forward and loss under bf16 autocast (as ours in the same run)."""
     from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
     from lightly.models.modules import (
         BYOLPredictionHead,
@@ -130,6 +136,16 @@ def lightly_step(
 
     def step(views: list[torch.Tensor]) -> None:
         views = [v.to(device, non_blocking=True) for v in views]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = forward_loss(views)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if method == "dino":
+            net["head"].cancel_last_layer_gradients(current_epoch=0)
+        optimizer.step()
+        state["step"] += 1
+
+    def forward_loss(views: list[torch.Tensor]) -> torch.Tensor:
         k = state["step"]
         if method == "simclr":
             loss = criterion(online(views[0]), online(views[1]))
@@ -151,11 +167,6 @@ def lightly_step(
             teacher = [ema(v) for v in views[:2]]
             student = [online(v) for v in views]
             loss = criterion(teacher, student, epoch=0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if method == "dino":
-            net["head"].cancel_last_layer_gradients(current_epoch=0)
-        optimizer.step()
-        state["step"] = k + 1
+        return loss
 
     return step
