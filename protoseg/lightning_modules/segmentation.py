@@ -22,6 +22,7 @@ from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.metrics import NucleiMetrics
 from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess import three_class_to_instances
+from protoseg.modules.pseudo_masks import binary_to_instances, clean_binary
 from protoseg.modules.tiling import predict_tiled
 
 Batch = dict[str, Any]
@@ -45,6 +46,14 @@ class SegmentationModule(L.LightningModule):
             rest of ``trainer.estimated_stepping_batches``.
         marker_threshold: inside probability that seeds a nucleus (post-processing).
         min_area: smallest nucleus kept, in px.
+        instance_split: how touching nuclei are separated. ``"three_class"``: seeds from the
+            *inside* class, grown over the boundary class (for heads trained on true
+            instance labels). ``"distance"``: the foreground alone, split by a watershed on
+            its distance transform (:func:`~protoseg.modules.pseudo_masks.binary_to_instances`).
+            Pseudo masks merge touching nuclei, so a head trained on them learns weak
+            boundaries; on the PSM chain the distance split lifts AJI on the 30 training
+            images from 0.319 to 0.418 (labels only scored both).
+        min_distance: smallest distance between two nucleus centres, px (``"distance"``).
         tile_size: inference tile side for whole images; 1024 covers a MoNuSeg image at once.
         tile_overlap: px shared by neighbouring inference tiles.
         num_log_images: validation images drawn to TensorBoard per validation run.
@@ -59,6 +68,8 @@ class SegmentationModule(L.LightningModule):
         warmup_steps: int = 100,
         marker_threshold: float = 0.5,
         min_area: int = 10,
+        instance_split: str = "three_class",
+        min_distance: int = 5,
         tile_size: int = 1024,
         tile_overlap: int = 128,
         num_log_images: int = 2,
@@ -68,6 +79,10 @@ class SegmentationModule(L.LightningModule):
         if not 0 <= tile_overlap < tile_size:
             raise ValueError(
                 f"tile_overlap must be in [0, tile_size={tile_size}), got {tile_overlap}"
+            )
+        if instance_split not in ("three_class", "distance"):
+            raise ValueError(
+                f"instance_split must be 'three_class' or 'distance', got {instance_split!r}"
             )
         save_init_hyperparameters(self)
         self.net = net
@@ -85,12 +100,17 @@ class SegmentationModule(L.LightningModule):
 
     def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
         """Instance maps, one (H, W) int32 array per image of (B, 3, H, W)."""
-        probs = self(images).softmax(dim=1).cpu().numpy()
+        probs = self(images).float().softmax(dim=1).cpu().numpy()
+        hp = self.hparams
+        if hp.get("instance_split", "three_class") == "distance":
+            return [
+                binary_to_instances(
+                    clean_binary(p[0] < 0.5, hp.min_area), hp.get("min_distance", 5)
+                )
+                for p in probs
+            ]
         return [
-            three_class_to_instances(
-                p, self.hparams.marker_threshold, min_area=self.hparams.min_area
-            )
-            for p in probs
+            three_class_to_instances(p, hp.marker_threshold, min_area=hp.min_area) for p in probs
         ]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
@@ -77,3 +78,36 @@ def test_same_seed_same_training(tiny_monuseg_root: Path) -> None:
     first, second = train_once(), train_once()
     for key in first:
         torch.testing.assert_close(first[key], second[key])
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'network' whose logits are given: two touching discs, all 'inside', no boundary."""
+
+    output_stride = 1
+
+    def __init__(self, size: int = 64) -> None:
+        super().__init__()
+        yy, xx = np.mgrid[:size, :size]
+        discs = ((yy - 32) ** 2 + (xx - 22) ** 2 < 100) | ((yy - 32) ** 2 + (xx - 40) ** 2 < 100)
+        logits = np.full((3, size, size), -10.0, np.float32)
+        logits[0][~discs] = 10.0
+        logits[1][discs] = 10.0
+        self.register_buffer("logits", torch.from_numpy(logits)[None])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(images.shape[0], -1, -1, -1)
+
+
+def test_distance_split_separates_nuclei_without_a_boundary_class() -> None:
+    images = torch.zeros(1, 3, 64, 64)
+    merged = SegmentationModule(_FixedLogits(), tile_size=64, tile_overlap=0)
+    split = SegmentationModule(
+        _FixedLogits(), tile_size=64, tile_overlap=0, instance_split="distance", min_distance=5
+    )
+    (one,) = merged.predict_instances(images)
+    (two,) = split.predict_instances(images)
+    assert one.max() == 1
+    assert two.max() == 2
+    np.testing.assert_array_equal(one > 0, two > 0)
+    with pytest.raises(ValueError, match="instance_split"):
+        SegmentationModule(_FixedLogits(), instance_split="voronoi")
