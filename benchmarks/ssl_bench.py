@@ -175,12 +175,12 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     tiles = load_tiles(args.image_root, args.pool, args.tile_size)
     lr = 1e-3 * args.batch_size / 256
     batches = args.warmup + args.steps
+    bf16 = args.precision == "bf16"
     results: dict[str, Any] = {}
     for method in args.methods:
         torch.manual_seed(0)
         module = our_module(method, args.size, args.backbone)
         ours_loader = tile_loader(TileDataset(tiles), args.batch_size, batches, args.workers)
-        bf16 = args.precision == "bf16"
         step = our_step(module, device, lr, bf16)
         ours = measure(step, ours_loader, args.warmup, args.steps, device)
         backbone = type(module.backbone)(args.backbone)

@@ -95,9 +95,10 @@ def write_synthetic_pyramid(path: Path, size: int, mpp: float = 0.25) -> Path:
     return path
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory so far, MiB, of this process (``RUSAGE_SELF``) or of its largest
+    waited-for child (``RUSAGE_CHILDREN``); Linux reports KiB."""
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
 def predict_slide(args: argparse.Namespace) -> dict[str, float]:
@@ -105,6 +106,10 @@ def predict_slide(args: argparse.Namespace) -> dict[str, float]:
     import lightning as L
     import torch
 
+    from protoseg.callbacks.slide_writer import SlidePredictionWriter
+    from protoseg.datamodules.slide_predict import WSIPredictDataModule
+    from protoseg.lightning_modules.segmentation import SegmentationModule
+    from protoseg.modules.networks import UNet
     from protoseg.precision import resolve_precision
 
     class PeakTrace(L.Callback):
@@ -116,11 +121,6 @@ def predict_slide(args: argparse.Namespace) -> dict[str, float]:
         def on_predict_batch_end(self, trainer: L.Trainer, module, outputs, batch, *_) -> None:
             done = (self.points[-1][0] if self.points else 0) + len(batch["image"])
             self.points.append((done, peak_rss_mib()))
-
-    from protoseg.callbacks.slide_writer import SlidePredictionWriter
-    from protoseg.datamodules.slide_predict import WSIPredictDataModule
-    from protoseg.lightning_modules.segmentation import SegmentationModule
-    from protoseg.modules.networks import UNet
 
     torch.manual_seed(0)
     if args.ckpt is None:
@@ -170,9 +170,7 @@ def predict_slide(args: argparse.Namespace) -> dict[str, float]:
         "precision": str(trainer.precision),
         "peak_rss_mib": peak,
         "peak_rss_trace": peak_trace,
-        "worker_peak_rss_mib": round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
-        ),
+        "worker_peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
     }
 
 
@@ -207,7 +205,7 @@ def main() -> None:
         write_synthetic_pyramid(synthetic, args.size)
     generated = time.perf_counter() - start
     # Includes the imports (torch); a 20k pyramid written tile by tile adds little to it.
-    parent_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    parent_rss = peak_rss_mib()
     slides = {"cmu_small_region_svs": Path(args.svs), f"synthetic_{args.size}": synthetic}
     figures: dict[str, object] = {}
     for name, slide in slides.items():
@@ -244,7 +242,7 @@ def main() -> None:
         {
             "settings": settings,
             "synthetic_generation_s": round(generated, 1),
-            "generation_peak_rss_mib": round(parent_rss, 1),
+            "generation_peak_rss_mib": parent_rss,
             "slides": figures,
         },
     )

@@ -132,6 +132,7 @@ class EpochSeedSampler(DistributedSampler):
         # DistributedSampler's num_samples is per rank; this is the epoch's, all ranks.
         self.epoch_samples = num_samples
         self.base_seed = base_seed
+        self._skip = 0  # this rank's seeds to leave out of the next iteration (resume_at)
 
     def resume_at(self, epoch: int, skip: int) -> None:
         """Makes the next iteration epoch ``epoch``'s seeds without this rank's first ``skip``.
@@ -147,7 +148,7 @@ class EpochSeedSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.base_seed, self.epoch])
         self.epoch += 1
-        skip, self._skip = getattr(self, "_skip", 0), 0
+        skip, self._skip = self._skip, 0
         seeds = rng.integers(0, np.iinfo(np.int64).max, size=self.epoch_samples, dtype=np.int64)
         return iter(seeds[self.rank : self.total_size : self.num_replicas][skip:].tolist())
 

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
+from protoseg.datamodules.targets import BACKGROUND
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Normalization,
@@ -102,11 +103,9 @@ class SegmentationModule(L.LightningModule):
         """Instance maps, one (H, W) int32 array per image of (B, 3, H, W)."""
         probs = self(images).float().softmax(dim=1).cpu().numpy()
         hp = self.hparams
-        if hp.get("instance_split", "three_class") == "distance":
+        if hp.instance_split == "distance":
             return [
-                binary_to_instances(
-                    clean_binary(p[0] < 0.5, hp.min_area), hp.get("min_distance", 5)
-                )
+                binary_to_instances(clean_binary(p[BACKGROUND] < 0.5, hp.min_area), hp.min_distance)
                 for p in probs
             ]
         return [
