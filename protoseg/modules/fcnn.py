@@ -15,7 +15,7 @@ class TinyFCNN(nn.Module):
     convolutional. Our choices: dilations (1, 2, 4, 8) give a 31 px receptive field, about two
     MoNuSeg nucleus diameters at 40x, so a pixel sees its nucleus and the tissue around it;
     no pooling keeps full resolution, so confidence maps need no upsampling. The defaults
-    have 10,801 parameters (with 3 classes).
+    have 10,801 parameters with 3 classes, 10,886 with the 8 of the shipped config.
 
     Args:
         in_channels: input channels.

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from skimage.feature import peak_local_max
+from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
@@ -21,21 +22,40 @@ def hematoxylin_density(image: np.ndarray) -> np.ndarray:
     return rgb2hed(image)[..., 0]
 
 
-def nuclei_class(labels: np.ndarray, hematoxylin: np.ndarray, num_classes: int) -> int:
-    """The class whose pixels carry the most hematoxylin on average.
+def nuclear_score(probs: np.ndarray, hematoxylin: np.ndarray) -> np.ndarray:
+    """How nuclear each pixel is, by the hematoxylin of the classes it belongs to: (H, W).
 
-    A label-free network's classes have no names; nuclei are the hematoxylin-rich ones. Classes
-    with no pixel score -inf.
+    A label-free network's classes have no names, and with over-clustering the nuclei may
+    span several of them (dark and pale nuclei, nuclear rims). Each class k gets the share
+    ``f_k`` of its (argmax) pixels that are hematoxylin-positive, i.e. above the image's Otsu
+    threshold of hematoxylin density; a pixel's score is ``sum_k f_k p_k``, the share
+    expected under its class distribution. Stain strength varies between slides, so the
+    threshold is taken per image.
 
     Args:
-        labels: (H, W) class ids in ``[0, num_classes)`` (argmax of the confidence map).
+        probs: (K, H, W) class probabilities.
         hematoxylin: (H, W) hematoxylin density of the same image.
-        num_classes: number of classes K.
     """
-    sums = np.bincount(labels.ravel(), weights=hematoxylin.ravel(), minlength=num_classes)
-    counts = np.bincount(labels.ravel(), minlength=num_classes)
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf)
-    return int(np.argmax(means))
+    if probs.shape[1:] != hematoxylin.shape:
+        raise ValueError(f"probabilities {probs.shape} and density {hematoxylin.shape} differ")
+    labels = probs.argmax(axis=0).ravel()
+    positive = hematoxylin.ravel() > otsu_threshold(hematoxylin)
+    num_classes = probs.shape[0]
+    counts = np.bincount(labels, minlength=num_classes)
+    share = np.bincount(labels, weights=positive, minlength=num_classes) / np.maximum(counts, 1)
+    return np.tensordot(share, probs, axes=1)
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of ``values``; above the maximum (nothing passes) if they are flat."""
+    if np.ptp(values) < 1e-12:
+        return float(values.max()) + 1.0
+    return float(threshold_otsu(values))
+
+
+def nuclei_from_score(score: np.ndarray) -> np.ndarray:
+    """Nuclei pixels (H, W) bool: the score above its own Otsu threshold, per image."""
+    return score > otsu_threshold(score)
 
 
 def clean_binary(mask: np.ndarray, min_area: int = 30) -> np.ndarray:

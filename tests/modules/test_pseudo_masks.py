@@ -10,7 +10,9 @@ from protoseg.modules.pseudo_masks import (
     binary_to_instances,
     clean_binary,
     hematoxylin_density,
-    nuclei_class,
+    nuclear_score,
+    nuclei_from_score,
+    otsu_threshold,
 )
 
 
@@ -24,10 +26,26 @@ def test_purple_nuclei_carry_more_hematoxylin_than_pink_stroma() -> None:
         hematoxylin_density(image[..., 0])
 
 
-def test_nuclei_class_is_the_hematoxylin_rich_one() -> None:
-    labels = np.array([[0, 0, 2, 2], [0, 0, 2, 2]])
-    density = np.array([[0.1, 0.1, 0.9, 0.8], [0.2, 0.1, 0.7, 0.9]])
-    assert nuclei_class(labels, density, num_classes=3) == 2  # class 1 is empty
+def test_nuclear_score_is_the_hematoxylin_positive_share_of_each_class() -> None:
+    # class 0: stroma (light), class 1: nuclei (dark), class 2: empty
+    labels = np.array([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
+    density = np.array([[0.1, 0.1, 0.9, 0.8, 0.9], [0.2, 0.1, 0.7, 0.9, 0.8]])
+    probs = np.full((3, 2, 5), 0.05)
+    probs[labels, np.arange(2)[:, None], np.arange(5)] = 0.9
+    # the Otsu threshold of the density splits {0.1, 0.1, 0.2, 0.1} from the rest, so class
+    # 0 has 1 positive pixel in 5 (share 0.2) and class 1 all 5 (share 1.0)
+    share = np.array([0.2, 1.0, 0.0])
+    expected = np.tensordot(share, probs, axes=1)
+    np.testing.assert_allclose(nuclear_score(probs, density), expected)
+    assert (nuclei_from_score(expected) == (labels == 1)).all()
+    with pytest.raises(ValueError, match="differ"):
+        nuclear_score(probs, density[:, :4])
+
+
+def test_flat_inputs_give_no_nuclei() -> None:
+    flat = np.full((4, 4), 0.3)
+    assert otsu_threshold(flat) > flat.max()
+    assert not nuclei_from_score(flat).any()
 
 
 def test_clean_binary_fills_holes_and_drops_specks() -> None:
