@@ -166,22 +166,19 @@ class PatchContrastModule(L.LightningModule):
         flip = bool(torch.randint(2, (1,)))
         view_b = torch.rot90(self._jitter(images), turns, dims=(2, 3))
         view_b = view_b.flip(3) if flip else view_b
-        probs_a = self.net(self._jitter(images)).softmax(dim=1)
-        probs_b = self.net(view_b).softmax(dim=1)
-        probs_b = probs_b.flip(3) if flip else probs_b
-        probs_b = torch.rot90(probs_b, -turns, dims=(2, 3))
-
-        patches_a = patch_mean(probs_a, hp.patch_size)
-        patches_b = patch_mean(probs_b, hp.patch_size)
-        entropy = (pixel_entropy(probs_a) + pixel_entropy(probs_b)).unsqueeze(1) / 2
-        entropy = patch_mean(entropy, hp.patch_size)[:, 0]
-        count = min(hp.patches_per_image, entropy.shape[1])
-        indices = sample_patches_by_entropy(entropy, count, hp.sampling_temperature)
-        pairs_a = gather_patches(patches_a, indices)
-        pairs_b = gather_patches(patches_b, indices)
-        loss = mutual_information_loss(pairs_a, pairs_b, hp.marginal_weight)
-
-        positive, negative = information_separation(pairs_a.detach(), pairs_b.detach())
+        logits_a = self.net(self._jitter(images))
+        logits_b = self.net(view_b)
+        # Under bf16 autocast the logits are bf16, and autocast would also run the softmax
+        # and the joint-distribution matmul of the loss in bf16: the objective is computed in
+        # float32, outside autocast.
+        with torch.autocast(images.device.type, enabled=False):
+            probs_a = logits_a.float().softmax(dim=1)
+            probs_b = logits_b.float().softmax(dim=1)
+            probs_b = probs_b.flip(3) if flip else probs_b
+            probs_b = torch.rot90(probs_b, -turns, dims=(2, 3))
+            pairs_a, pairs_b, entropy = self._sample_pairs(probs_a, probs_b)
+            loss = mutual_information_loss(pairs_a, pairs_b, hp.marginal_weight)
+            positive, negative = information_separation(pairs_a.detach(), pairs_b.detach())
         self._track_convergence(positive, negative)
         size = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
@@ -189,6 +186,19 @@ class PatchContrastModule(L.LightningModule):
         self.log("train/separation_negative", self.separation[1], prog_bar=True, batch_size=size)
         self.log("train/patch_entropy", entropy.mean(), batch_size=size)
         return loss
+
+    def _sample_pairs(
+        self, probs_a: torch.Tensor, probs_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Entropy-drawn patch pairs (B * N, K) of two aligned maps; patch entropies (B, P)."""
+        hp = self.hparams
+        patches_a = patch_mean(probs_a, hp.patch_size)
+        patches_b = patch_mean(probs_b, hp.patch_size)
+        entropy = (pixel_entropy(probs_a) + pixel_entropy(probs_b)).unsqueeze(1) / 2
+        entropy = patch_mean(entropy, hp.patch_size)[:, 0]
+        count = min(hp.patches_per_image, entropy.shape[1])
+        indices = sample_patches_by_entropy(entropy, count, hp.sampling_temperature)
+        return gather_patches(patches_a, indices), gather_patches(patches_b, indices), entropy
 
     def _track_convergence(self, positive: torch.Tensor, negative: torch.Tensor) -> None:
         hp = self.hparams

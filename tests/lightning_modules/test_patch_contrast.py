@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -119,3 +120,33 @@ def test_convergence_criterion_stops_training(tiny_monuseg_root: Path) -> None:
     trainer.fit(model, datamodule=tiny_data(tiny_monuseg_root, label_source="none"))
     assert model.converged_at_step == 4
     assert trainer.global_step == 5
+
+
+class _BF16Logits(nn.Module):
+    """A network whose logits are the same bf16 values with or without autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Conv2d(3, 4, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            return (10 * self.inner(images.float())).to(torch.bfloat16)
+
+
+def test_objective_is_float32_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the network runs in bf16: the same logits give the same float32 loss as without
+    autocast (CPU autocast would otherwise softmax and matmul them in bf16)."""
+    model = PatchContrastModule(net=_BF16Logits(), patches_per_image=16).eval()
+    model.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    images = torch.randn(2, 3, 32, 32)
+    losses = []
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model.separation.fill_(float("nan"))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            losses.append(model.training_step({"image": images}, 0))
+    assert losses[0].dtype == losses[1].dtype == torch.float32
+    assert losses[0] != 0
+    assert torch.equal(losses[0], losses[1])
