@@ -11,7 +11,8 @@ RESULTS := benchmarks/results
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint format quickstart clean bench-monuseg-supervised \
-	bench-monuseg-supervised-holdout bench-monuseg-patchcontrast bench-monuseg-psm bench-wsi bench-ssl \
+	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm \
+	bench-wsi bench-ssl \
 	sweep-ssl sweep-segment report
 
 help: ## Show this help
@@ -58,6 +59,10 @@ bench-monuseg-supervised-holdout: ## Same recipe on a seeded 24/6 split: held-ou
 	$(BIN)/python benchmarks/monuseg_supervised.py --data-root $(DATA)/monuseg/train \
 		--val-fraction 0.2 --run-dir runs/bench_holdout \
 		--output $(RESULTS)/monuseg_supervised_holdout.json
+
+bench-monuseg-colour: ## Label-free reference without a network: Otsu of hematoxylin density on the 30 training images (~30 s)
+	$(BIN)/python benchmarks/monuseg_colour_baseline.py --data-root $(DATA)/monuseg/train \
+		--output $(RESULTS)/monuseg_colour_baseline.json
 
 BENCH_PC := runs/bench_patchcontrast
 bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmentation head on the 30 training images, then predict the 14 test images
