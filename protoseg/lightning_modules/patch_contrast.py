@@ -17,6 +17,9 @@ Our reading of the paper, with every choice it leaves open written down:
   both views). ``patches_per_image`` patches per crop are drawn with probability
   ``softmax(-entropy / sampling_temperature)``: confident patches are the positives the
   network believes in (:func:`~protoseg.modules.patch_contrast.sample_patches_by_entropy`).
+  The paper leaves the patch size open; small patches keep outlines sharp. On the 30 MoNuSeg
+  training images (5-minute runs, labels only scored) pseudo-mask pixel Dice was 0.62 / 0.69
+  / 0.65 with 1 / 2 / 4 px patches, AJI 0.31 / 0.37 / 0.25; the shipped config uses 2.
 - **Contrastive objective**: a positive pair is one patch in both views; the negatives are
   the other patches of the batch. We maximise the mutual information of the pairs'
   distributions (IIC form, :func:`~protoseg.modules.patch_contrast.mutual_information_loss`),
