@@ -27,6 +27,8 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from sklearn.cluster import KMeans
 
+from protoseg.modules.pseudo_masks import hematoxylin_density
+
 AggregationMode = Literal["gradcam", "elementwise"]
 Cue = Literal["hematoxylin", "density"]
 EPS = 1e-8
@@ -113,7 +115,7 @@ def cell_cue(image: np.ndarray, cue: Cue = "hematoxylin") -> np.ndarray:
     """The colour evidence of cells (H, W): hematoxylin density (H&E nuclei), or total
     optical density (IHC, where positive nuclei are brown and negative ones blue)."""
     if cue == "hematoxylin":
-        return stain_densities(image)[..., 0]
+        return hematoxylin_density(image)
     if cue == "density":
         return -np.log(np.clip(image.astype(np.float64), 1.0, 255.0) / 255.0).sum(axis=-1)
     raise ValueError(f"cue must be 'hematoxylin' or 'density', got {cue!r}")
