@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import rounded, write_result  # noqa: E402
 from protoseg.datamodules.monuseg import ImageStore, find_records  # noqa: E402
+from protoseg.io.errors import DataError  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.modules.pseudo_masks import (  # noqa: E402
     binary_to_instances,
@@ -48,6 +49,11 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     records = [r for r in find_records(args.data_root) if r.label_path is not None]
+    if not records:
+        raise DataError(
+            f"{args.data_root}: no labelled images (labels/*.png or annotations_xml/*.xml);"
+            " the colour baseline needs labels to score"
+        )
     store, metrics = ImageStore(), NucleiMetrics(prefix="val/")
     start = time.perf_counter()
     for record in tqdm(records, desc="colour baseline", unit="image"):

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MakeRoot
 
 from benchmarks import monuseg_colour_baseline
+from protoseg.io.errors import DataError
 
 
 def test_colour_baseline_finds_synthetic_nuclei_and_writes_json(
@@ -34,3 +36,15 @@ def test_colour_baseline_finds_synthetic_nuclei_and_writes_json(
     assert figures["validation"]["pixel_dice"] > 0.8
     assert figures["command"].startswith("monuseg_colour_baseline.py --data-root")
     assert not list(output.parent.glob(".*.tmp"))
+
+
+def test_colour_baseline_without_labels_names_the_root_and_writes_nothing(
+    make_monuseg_root: MakeRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_monuseg_root(tmp_path / "unlabelled", labels=())
+    output = tmp_path / "colour.json"
+    argv = ["monuseg_colour_baseline.py", "--data-root", str(root), "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(DataError, match=f"{root}: no labelled images"):
+        monuseg_colour_baseline.main()
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*.tmp"))
