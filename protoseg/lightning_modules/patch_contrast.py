@@ -25,10 +25,17 @@ Our reading of the paper, with every choice it leaves open written down:
   distributions (IIC form, :func:`~protoseg.modules.patch_contrast.mutual_information_loss`),
   which pulls positives together and pushes different patches to different classes without
   the false negatives an explicit two-class InfoNCE would have.
-- **Convergence**: information separation (Jensen-Shannon divergence) within positives and
-  between positive-negative pairs, averaged with an exponential moving average; training stops
-  once the first is below ``converge_positive`` and the second above ``converge_negative``
-  for ``converge_patience`` consecutive steps (after ``min_steps``).
+- **Convergence**: information separation (Jensen-Shannon divergence, nats) within
+  positives and between positive-negative pairs, smoothed by an exponential moving average.
+  The paper says only that the first should be small and the second large. Fixed thresholds
+  alone do not make a stopping rule here: in a 4,600-step run on the 30 MoNuSeg training
+  images (128 px crops) the between-pairs separation rose to 0.54 by step ~800 and then
+  held at 0.55 to the end, while the within-positives one kept drifting down (0.06 at step
+  1,000, 0.04 at 4,400) and pseudo-mask pixel Dice peaked at 0.69 around steps 1,500-2,000,
+  then fell to 0.66 by step 4,000. So training stops once, over the last
+  ``converge_patience`` steps, the first stayed below ``converge_positive``, the second above
+  ``converge_negative``, and the second gained less than ``converge_tolerance``
+  (:func:`~protoseg.modules.patch_contrast.separations_converged`), after ``min_steps``.
 - **Masks**: each pixel gets a nuclear score, the share of hematoxylin-positive pixels
   (colour deconvolution, per-image Otsu threshold) in the classes it belongs to, weighted by
   its class probabilities (:func:`~protoseg.modules.pseudo_masks.nuclear_score`); nuclei
@@ -39,6 +46,7 @@ Our reading of the paper, with every choice it leaves open written down:
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import lightning as L
@@ -66,6 +74,7 @@ from protoseg.modules.patch_contrast import (
     patch_mean,
     pixel_entropy,
     sample_patches_by_entropy,
+    separations_converged,
 )
 from protoseg.modules.pseudo_masks import (
     binary_to_instances,
@@ -96,7 +105,9 @@ class PatchContrastModule(L.LightningModule):
         jitter: strength of the photometric jitter between views.
         converge_positive: separation within positives below which training may stop.
         converge_negative: separation between positive-negative pairs above which it may.
-        converge_patience: consecutive converged steps before stopping; 0 never stops early.
+        converge_tolerance: most the between-pairs separation may still gain over the
+            window for training to stop.
+        converge_patience: window of the convergence test, steps; 0 never stops early.
         min_steps: steps before convergence is checked.
         ema: smoothing of the logged separations used by the convergence test.
         nuclei_class: fixed nuclei class; None scores pixels by the hematoxylin of their classes.
@@ -116,9 +127,10 @@ class PatchContrastModule(L.LightningModule):
         sampling_temperature: float = 0.1,
         marginal_weight: float = 1.0,
         jitter: float = 0.15,
-        converge_positive: float = 0.02,
+        converge_positive: float = 0.1,
         converge_negative: float = 0.3,
-        converge_patience: int = 50,
+        converge_tolerance: float = 0.005,
+        converge_patience: int = 300,
         min_steps: int = 200,
         ema: float = 0.95,
         nuclei_class: int | None = None,
@@ -135,7 +147,7 @@ class PatchContrastModule(L.LightningModule):
         self.val_metrics = NucleiMetrics(prefix="val/")
         self.test_metrics = NucleiMetrics(prefix="test/")
         self.register_buffer("separation", torch.tensor([float("nan"), float("nan")]))
-        self.converged_steps = 0
+        self.separation_history: deque[torch.Tensor] = deque(maxlen=converge_patience + 1)
         self.converged_at_step: int | None = None
         mean, std = normalization
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -212,14 +224,17 @@ class PatchContrastModule(L.LightningModule):
             self.separation.copy_(current)
         else:
             self.separation.mul_(hp.ema).add_((1 - hp.ema) * current)
-        converged = bool(
-            self.separation[0] < hp.converge_positive and self.separation[1] > hp.converge_negative
-        )
-        self.converged_steps = self.converged_steps + 1 if converged else 0
+        self.separation_history.append(self.separation.detach().cpu().clone())
         if (
             hp.converge_patience > 0
             and self.global_step >= hp.min_steps
-            and self.converged_steps >= hp.converge_patience
+            and len(self.separation_history) == self.separation_history.maxlen
+            and separations_converged(
+                torch.stack(list(self.separation_history)),
+                hp.converge_positive,
+                hp.converge_negative,
+                hp.converge_tolerance,
+            )
         ):
             rank_zero_info(
                 f"patch-contrastive FCNN converged at step {self.global_step}: separation "

@@ -137,3 +137,27 @@ def information_separation(
     positive = js_divergence(view_a, view_b).mean()
     negative = js_divergence(view_a, view_b.roll(-1, dims=0)).mean()
     return positive, negative
+
+
+def separations_converged(
+    history: torch.Tensor, positive_max: float, negative_min: float, tolerance: float
+) -> bool:
+    """The convergence criterion: separations in range and no longer moving, over a window.
+
+    ``history`` holds the (smoothed) separations of the last steps, oldest first. Training
+    has converged when, at every one of those steps, the separation within positives was
+    below ``positive_max`` and the one between positive-negative pairs above
+    ``negative_min``, and the latter gained less than ``tolerance`` across the window: the
+    pairs are as far apart as the network will get them.
+
+    Args:
+        history: (W, 2) rows of (positive, negative) separations, W >= 2.
+        positive_max: largest separation within positives that counts as small (nats).
+        negative_min: smallest separation between pairs that counts as large (nats).
+        tolerance: most the between-pairs separation may still gain over the window (nats).
+    """
+    if history.ndim != 2 or history.shape[1] != 2 or history.shape[0] < 2:
+        raise ValueError(f"expected (W >= 2, 2) separations, got {tuple(history.shape)}")
+    positive, negative = history[:, 0], history[:, 1]
+    in_range = bool((positive < positive_max).all() and (negative > negative_min).all())
+    return in_range and float(negative[-1] - negative[0]) < tolerance

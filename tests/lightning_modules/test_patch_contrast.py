@@ -104,22 +104,36 @@ def test_views_are_aligned_before_pairing(tiny_monuseg_root: Path) -> None:
     assert model.separation[0].item() < 1e-6
 
 
-def test_convergence_criterion_stops_training(tiny_monuseg_root: Path) -> None:
+@pytest.mark.parametrize(
+    ("tolerance", "converged_at", "steps"),
+    [
+        # In range at every step and any gain counts as a plateau: stops at min_steps.
+        (10.0, 4, 5),
+        # In range, but no gain is small enough: the between-pairs separation may still grow.
+        (-10.0, None, 8),
+    ],
+)
+def test_convergence_criterion_stops_training_on_a_plateau(
+    tiny_monuseg_root: Path, tolerance: float, converged_at: int | None, steps: int
+) -> None:
     L.seed_everything(0)
-    # Thresholds every step meets: training stops once patience is reached after min_steps.
     model = tiny_module(
-        converge_positive=10.0, converge_negative=-1.0, converge_patience=3, min_steps=4
+        converge_positive=10.0,
+        converge_negative=-1.0,
+        converge_tolerance=tolerance,
+        converge_patience=3,
+        min_steps=4,
     )
     trainer = L.Trainer(
-        max_steps=50,
+        max_steps=8,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
     )
     trainer.fit(model, datamodule=tiny_data(tiny_monuseg_root, label_source="none"))
-    assert model.converged_at_step == 4
-    assert trainer.global_step == 5
+    assert model.converged_at_step == converged_at
+    assert trainer.global_step == steps
 
 
 class _BF16Logits(nn.Module):

@@ -17,6 +17,7 @@ from protoseg.modules.patch_contrast import (
     patch_mean,
     pixel_entropy,
     sample_patches_by_entropy,
+    separations_converged,
 )
 
 
@@ -155,3 +156,32 @@ def test_information_separation_of_confident_consistent_pairs() -> None:
     assert negative.item() == pytest.approx(math.log(2), 1e-6)
     with pytest.raises(ValueError, match="two patches"):
         information_separation(view[:1], view[:1])
+
+
+def test_convergence_needs_a_plateau_between_pairs() -> None:
+    steps = torch.arange(11, dtype=torch.float64)
+    positive = torch.full_like(steps, 0.05)
+    rising = torch.stack([positive, 0.40 + 0.002 * steps], dim=1)  # gains 0.02 over the window
+    flat = torch.stack([positive, 0.55 + 0.0002 * steps], dim=1)  # gains 0.002
+    assert not separations_converged(rising, 0.1, 0.3, tolerance=0.005)
+    assert separations_converged(flat, 0.1, 0.3, tolerance=0.005)
+    # A falling separation between pairs has stopped growing too.
+    assert separations_converged(flat.flip(0), 0.1, 0.3, tolerance=0.005)
+
+
+def test_convergence_needs_every_step_of_the_window_in_range() -> None:
+    history = torch.tensor([[0.05, 0.55]] * 6, dtype=torch.float64)
+    assert separations_converged(history, 0.1, 0.3, 0.005)
+    one_step_out = history.clone()
+    one_step_out[2, 0] = 0.12  # positives separated once
+    assert not separations_converged(one_step_out, 0.1, 0.3, 0.005)
+    too_close = history.clone()
+    too_close[:, 1] = 0.25  # flat, but pairs never far apart
+    assert not separations_converged(too_close, 0.1, 0.3, 0.005)
+
+
+def test_convergence_rejects_a_short_or_malformed_history() -> None:
+    with pytest.raises(ValueError, match="separations"):
+        separations_converged(torch.zeros(1, 2), 0.1, 0.3, 0.005)
+    with pytest.raises(ValueError, match="separations"):
+        separations_converged(torch.zeros(5, 3), 0.1, 0.3, 0.005)
