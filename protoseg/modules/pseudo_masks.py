@@ -11,15 +11,20 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
 
-def hematoxylin_density(image: np.ndarray) -> np.ndarray:
-    """Hematoxylin optical density (H, W) of an RGB H&E image (H, W, 3) uint8.
+def stain_densities(image: np.ndarray) -> np.ndarray:
+    """Hematoxylin, eosin and DAB densities (H, W, 3) of an RGB image (H, W, 3) uint8.
 
-    Colour deconvolution with Ruifrok & Johnston's stain vectors (``skimage.color.rgb2hed``):
-    nuclei, stained by hematoxylin, are where it is high.
+    Colour deconvolution with Ruifrok & Johnston's stain vectors (``skimage.color.rgb2hed``).
     """
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    return rgb2hed(image)[..., 0]
+    return rgb2hed(image)
+
+
+def hematoxylin_density(image: np.ndarray) -> np.ndarray:
+    """Hematoxylin optical density (H, W) of an RGB H&E image (H, W, 3) uint8: nuclei,
+    stained by hematoxylin, are where it is high."""
+    return stain_densities(image)[..., 0]
 
 
 def nuclear_score(probs: np.ndarray, hematoxylin: np.ndarray) -> np.ndarray:

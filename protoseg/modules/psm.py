@@ -24,10 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from skimage.color import rgb2hed
 from sklearn.cluster import KMeans
 
-from protoseg.modules.pseudo_masks import hematoxylin_density
+from protoseg.modules.pseudo_masks import hematoxylin_density, stain_densities
 
 AggregationMode = Literal["gradcam", "elementwise"]
 Cue = Literal["hematoxylin", "density"]
@@ -98,13 +97,6 @@ def gradient_activation_map(
     """
     gradients = torch.autograd.grad(loss, list(features), allow_unused=False)
     return activation_from_gradients(features, gradients, size, mode)
-
-
-def stain_densities(image: np.ndarray) -> np.ndarray:
-    """Hematoxylin, eosin and DAB densities (H, W, 3) of an RGB image (H, W, 3) uint8."""
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    return rgb2hed(image)
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
