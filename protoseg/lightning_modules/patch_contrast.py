@@ -243,6 +243,20 @@ class PatchContrastModule(L.LightningModule):
             self.converged_at_step = self.global_step
             self.trainer.should_stop = True
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The convergence window is training state: a resumed run must stop where an
+        # uninterrupted one would, not refill the window first.
+        history = list(self.separation_history)
+        checkpoint["separation_history"] = (
+            torch.stack(history) if history else torch.empty(0, 2, dtype=self.separation.dtype)
+        )
+        checkpoint["converged_at_step"] = self.converged_at_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.separation_history.clear()
+        self.separation_history.extend(checkpoint.get("separation_history", torch.empty(0, 2)))
+        self.converged_at_step = checkpoint.get("converged_at_step")
+
     def predict_masks(self, batch: Batch) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Instance maps (H, W) int32 and binary masks (H, W) bool for a batch of whole images."""
         hp = self.hparams

@@ -164,3 +164,40 @@ def test_objective_is_float32_under_bf16_autocast(monkeypatch: pytest.MonkeyPatc
     assert losses[0].dtype == losses[1].dtype == torch.float32
     assert losses[0] != 0
     assert torch.equal(losses[0], losses[1])
+
+
+def test_resumed_run_stops_where_an_uninterrupted_one_does(
+    tiny_monuseg_root: Path, tmp_path: Path
+) -> None:
+    """The convergence window travels in the checkpoint: resuming does not refill it."""
+    settings = dict(
+        converge_positive=10.0,
+        converge_negative=-1.0,
+        converge_tolerance=10.0,
+        converge_patience=5,
+        min_steps=0,
+    )
+
+    def fit(max_steps: int, root: Path, ckpt_path: str | None = None) -> PatchContrastModule:
+        L.seed_everything(0)
+        model = tiny_module(**settings)
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            accelerator="cpu",
+            logger=False,
+            default_root_dir=root,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        data = tiny_data(tiny_monuseg_root, label_source="none")
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        return model
+
+    uninterrupted = fit(20, tmp_path / "whole")
+    assert uninterrupted.converged_at_step == 5
+    fit(3, tmp_path / "first")
+    (checkpoint,) = (tmp_path / "first").rglob("*.ckpt")
+    resumed = fit(20, tmp_path / "resumed", ckpt_path=str(checkpoint))
+    assert resumed.converged_at_step == 5
+    assert len(resumed.separation_history) == 6
