@@ -143,3 +143,16 @@ def write_pyramid(path: Path, image: np.ndarray, mpp: float, levels: int = 3) ->
             half = image.reshape(image.shape[0] // 2, 2, image.shape[1] // 2, 2, 3).mean((1, 3))
             image = half.round().astype(np.uint8)
     return path
+
+
+def short_fit_args(run_dir: Path, max_steps: int) -> list[str]:
+    """CLI overrides of a short fit into ``run_dir``: no validation, no progress bar, the
+    stage config's TensorBoard logger and last ModelCheckpoint (listed last) redirected."""
+    return [
+        f"--trainer.max_steps={max_steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
+    ]

@@ -56,6 +56,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from protoseg.lightning_modules.batch_rng import batch_rng, training_batch_index
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Batch,
@@ -175,8 +176,13 @@ class PatchContrastModule(L.LightningModule):
         return (rgb - self.mean) / self.std
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        # Views and patches are drawn from a generator seeded per batch: a resumed run draws
+        # what an uninterrupted one would (protoseg.lightning_modules.batch_rng).
+        with batch_rng(self, training_batch_index(self.trainer)):
+            return self._contrast(batch["image"])
+
+    def _contrast(self, images: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
-        images = batch["image"]
         turns = int(torch.randint(4, (1,)))
         flip = bool(torch.randint(2, (1,)))
         view_b = torch.rot90(self._jitter(images), turns, dims=(2, 3))

@@ -14,6 +14,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from protoseg.lightning_modules.batch_rng import batch_rng, training_batch_index
 from protoseg.modules.backbones import save_encoder_checkpoint
 from protoseg.modules.momentum import warmup_cosine
 
@@ -76,11 +77,20 @@ class SSLModule(L.LightningModule):
         """Two augmented views (B, 3, h, w) of each image, drawn in one batched call."""
         return list(self.augment(images.repeat(2, 1, 1, 1)).chunk(2))
 
+    def _draw_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        # During fit the views come from a generator seeded per batch: a resumed run draws
+        # what an uninterrupted one would (protoseg.lightning_modules.batch_rng).
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return self.make_views(images)
+        with batch_rng(self, training_batch_index(trainer, transferring=True)):
+            return self.make_views(images)
+
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if isinstance(batch, dict) and "image" in batch and "views" not in batch:
             # Channels-last views: oneDNN (CPU) and cuDNN under autocast run NHWC convolutions
             # faster than NCHW ones.
-            views = self.make_views(batch["image"])
+            views = self._draw_views(batch["image"])
             batch["views"] = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return batch
 

@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import short_fit_args
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -34,12 +35,7 @@ def fit_args(root: Path, run_dir: Path) -> list[str]:
         "--model.net.decoder_channels=[16,16,8,8,8]",
         "--model.tile_size=64",
         "--model.tile_overlap=16",
-        f"--trainer.max_steps={MAX_STEPS}",
-        "--trainer.limit_val_batches=0",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-        f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
+        *short_fit_args(run_dir, MAX_STEPS),
     ]
 
 
