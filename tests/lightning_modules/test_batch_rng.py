@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -45,6 +46,19 @@ def test_batch_rng_repeats_draws_and_leaves_the_global_stream_alone(
         other = torch.rand(4)
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def test_processes_of_one_run_draw_differently(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDP ranks, seeded alike by seed_everything, still draw their own views."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+    draws = []
+    for rank in (0, 1):
+        module = L.LightningModule()
+        module._trainer = SimpleNamespace(global_rank=rank)  # what a DDP process's trainer has
+        assert module.global_rank == rank
+        with batch_rng(module, 3):
+            draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])
 
 
 def test_unseeded_runs_draw_from_the_global_stream(monkeypatch: pytest.MonkeyPatch) -> None:
