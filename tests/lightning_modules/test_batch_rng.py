@@ -76,7 +76,7 @@ def fit_args(config: str, root: Path, run_dir: Path) -> list[str]:
         f"--config={ROOT / 'configs' / config}",
         f"--config={ROOT / 'configs/trainer/cpu.yaml'}",
         f"--data.root={root}",
-        "--data.crop_size=48",
+        "--data.crop_size=64",
         "--data.crops_per_epoch=8",
         "--data.batch_size=2",
         "--data.num_workers=0",
@@ -99,7 +99,9 @@ class StopAt(L.Callback):
 # Stops mid-epoch 0 and mid-epoch 1 (not at step 4, the last of epoch 0: see the exception in
 # protoseg's resume_sampler).
 @pytest.mark.parametrize("at_step", [2, 5], ids=["epoch0-mid", "epoch1-mid"])
-@pytest.mark.parametrize("config", ["patch_contrast/monuseg.yaml", "psm/monuseg.yaml"])
+@pytest.mark.parametrize(
+    "config", ["patch_contrast/monuseg.yaml", "psm/monuseg.yaml", "quickstart.yaml"]
+)
 def test_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(
     config: str, at_step: int, tiny_monuseg_root: Path, tmp_path: Path
 ) -> None:
