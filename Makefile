@@ -60,9 +60,11 @@ bench-monuseg-supervised-holdout: ## Same recipe on a seeded 24/6 split: held-ou
 		--val-fraction 0.2 --run-dir runs/bench_holdout \
 		--output $(RESULTS)/monuseg_supervised_holdout.json
 
-bench-monuseg-colour: ## Label-free reference without a network: Otsu of hematoxylin density on the 30 training images (~30 s)
+bench-monuseg-colour: ## Label-free reference without a network: Otsu of hematoxylin density (whole image; and per object) on the 30 training images (~1 min)
 	$(BIN)/python benchmarks/monuseg_colour_baseline.py --data-root $(DATA)/monuseg/train \
 		--output $(RESULTS)/monuseg_colour_baseline.json
+	$(BIN)/python benchmarks/monuseg_colour_baseline.py --data-root $(DATA)/monuseg/train \
+		--refine-pad 6 --output $(RESULTS)/monuseg_colour_baseline_refined.json
 
 BENCH_PC := runs/bench_patchcontrast
 bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmentation head on the 30 training images, then predict the 14 test images

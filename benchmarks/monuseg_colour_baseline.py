@@ -33,6 +33,7 @@ from protoseg.modules.pseudo_masks import (  # noqa: E402
     clean_binary,
     hematoxylin_density,
     otsu_threshold,
+    refine_outlines_locally,
 )
 
 
@@ -43,6 +44,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smooth-sigma", type=float, default=1.0, help="px, as the PSM config")
     parser.add_argument("--min-area", type=int, default=30, help="px, as the label-free configs")
     parser.add_argument("--min-distance", type=int, default=5, help="px, as the label-free configs")
+    parser.add_argument(
+        "--refine-pad",
+        type=int,
+        default=None,
+        help="px: redraw each object at its neighbourhood's Otsu threshold, as the label-free"
+        " configs do (refine_outlines_locally); default: the whole-image threshold only",
+    )
     return parser.parse_args()
 
 
@@ -60,6 +68,9 @@ def main() -> None:
         image, truth = store.load(record)
         density = ndi.gaussian_filter(hematoxylin_density(image), args.smooth_sigma)
         binary = clean_binary(density > otsu_threshold(density), args.min_area)
+        if args.refine_pad is not None:
+            binary = refine_outlines_locally(density, binary, args.refine_pad)
+            binary = clean_binary(binary, args.min_area)
         instances = binary_to_instances(binary, args.min_distance)
         metrics.update(
             torch.from_numpy(instances)[None], torch.from_numpy(truth.astype("int64"))[None]
@@ -74,6 +85,7 @@ def main() -> None:
         "smooth_sigma": args.smooth_sigma,
         "min_area": args.min_area,
         "min_distance": args.min_distance,
+        "refine_pad": args.refine_pad,
         "wall_seconds": round(seconds, 1),
         "validation": rounded(metrics.compute()),
     }

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
+from scipy import ndimage as ndi
 from torch import nn
 
 from protoseg.lightning_modules.batch_rng import batch_rng, training_batch_index
@@ -83,6 +84,7 @@ from protoseg.modules.pseudo_masks import (
     hematoxylin_density,
     nuclear_score,
     nuclei_from_score,
+    refine_outlines_locally,
 )
 from protoseg.modules.tiling import predict_tiled
 
@@ -112,6 +114,10 @@ class PatchContrastModule(L.LightningModule):
         min_steps: steps before convergence is checked.
         ema: smoothing of the logged separations used by the convergence test.
         nuclei_class: fixed nuclei class; None scores pixels by the hematoxylin of their classes.
+        refine_pad: when set, each nucleus of the mask is redrawn at the Otsu threshold of
+            hematoxylin density (smoothed by 1 px) in its bounding box grown by this many px
+            (:func:`~protoseg.modules.pseudo_masks.refine_outlines_locally`); None keeps the
+            classes' outlines.
         min_area: smallest nucleus kept, px.
         min_distance: smallest distance between two nuclei centres when splitting clumps, px.
         tile_size: inference tile side for whole images.
@@ -135,6 +141,7 @@ class PatchContrastModule(L.LightningModule):
         min_steps: int = 200,
         ema: float = 0.95,
         nuclei_class: int | None = None,
+        refine_pad: int | None = None,
         min_area: int = 30,
         min_distance: int = 5,
         tile_size: int = 1024,
@@ -269,11 +276,16 @@ class PatchContrastModule(L.LightningModule):
         probs = self(batch["image"]).cpu().numpy()
         instances, binaries = [], []
         for prob, rgb in zip(probs, batch_rgb(batch, hp.normalization), strict=True):
+            hematoxylin = hematoxylin_density(rgb)
             if hp.nuclei_class is None:
-                nuclei = nuclei_from_score(nuclear_score(prob, hematoxylin_density(rgb)))
+                nuclei = nuclei_from_score(nuclear_score(prob, hematoxylin))
             else:
                 nuclei = prob.argmax(axis=0) == hp.nuclei_class
             binary = clean_binary(nuclei, hp.min_area)
+            if hp.refine_pad is not None:
+                smooth = ndi.gaussian_filter(hematoxylin, 1.0)
+                refined = refine_outlines_locally(smooth, binary, hp.refine_pad)
+                binary = clean_binary(refined, hp.min_area)
             binaries.append(binary)
             instances.append(binary_to_instances(binary, hp.min_distance))
         return instances, binaries

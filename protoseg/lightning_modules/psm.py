@@ -56,7 +56,11 @@ from protoseg.lightning_modules.ssl_base import SSLModule
 from protoseg.metrics import NucleiMetrics
 from protoseg.metrics.detection import DetectionMetrics
 from protoseg.modules.heads import MLPHead
-from protoseg.modules.pseudo_masks import binary_to_instances, clean_binary
+from protoseg.modules.pseudo_masks import (
+    binary_to_instances,
+    clean_binary,
+    refine_outlines_locally,
+)
 from protoseg.modules.psm import (
     AggregationMode,
     Cue,
@@ -64,6 +68,7 @@ from protoseg.modules.psm import (
     classify_cells,
     gradient_activation_map,
     psm_binary_mask,
+    smoothed_cell_cue,
 )
 from protoseg.modules.ssl_augment import PathologyViewAugment
 from protoseg.modules.ssl_losses import byol_loss
@@ -93,6 +98,10 @@ class PSMModule(SSLModule):
             real crops 1.0 let a random-init map hurt the masks, 0.5 helped or was neutral).
         cue: colour cue, ``hematoxylin`` (H&E) or ``density`` (IHC).
         smooth_sigma: Gaussian smoothing of the colour cue, px.
+        refine_pad: when set, each clustered object is redrawn at the Otsu threshold of the
+            smoothed colour cue in its bounding box grown by this many px
+            (:func:`~protoseg.modules.pseudo_masks.refine_outlines_locally`); None keeps the
+            clustering's outlines.
         min_area: smallest cell kept, px.
         min_distance: smallest distance between the centres of split touching cells, px.
         num_cell_classes: cell classes of the detection output.
@@ -117,6 +126,7 @@ class PSMModule(SSLModule):
         activation_weight: float = 0.5,
         cue: Cue = "hematoxylin",
         smooth_sigma: float = 1.0,
+        refine_pad: int | None = None,
         min_area: int = 30,
         min_distance: int = 5,
         num_cell_classes: int = 1,
@@ -192,6 +202,10 @@ class PSMModule(SSLModule):
             cues = (hp.num_clusters, hp.activation_weight, hp.cue, hp.smooth_sigma)
             binary = psm_binary_mask(rgb, activation, *cues, seed=hp.cluster_seed)
             binary = clean_binary(binary, hp.min_area)
+            if hp.refine_pad is not None:
+                colour = smoothed_cell_cue(rgb, hp.cue, hp.smooth_sigma)
+                binary = refine_outlines_locally(colour, binary, hp.refine_pad)
+                binary = clean_binary(binary, hp.min_area)
             binaries.append(binary)
             instances.append(binary_to_instances(binary, hp.min_distance))
         return instances, binaries

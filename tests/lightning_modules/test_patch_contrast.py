@@ -77,9 +77,12 @@ def test_fit_on_images_then_write_pseudo_masks_the_head_can_read(
     assert len(head_data.train_dataset) == 8
 
 
-def test_validation_scores_pseudo_masks_against_labels(tiny_monuseg_root: Path) -> None:
+@pytest.mark.parametrize("refine_pad", [None, 4], ids=["classes", "refined"])
+def test_validation_scores_pseudo_masks_against_labels(
+    tiny_monuseg_root: Path, refine_pad: int | None
+) -> None:
     L.seed_everything(0)
-    model = tiny_module()
+    model = tiny_module(refine_pad=refine_pad)
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False)
     data = tiny_data(tiny_monuseg_root)
     trainer.fit(model, datamodule=data)

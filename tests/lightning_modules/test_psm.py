@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -80,9 +81,12 @@ def test_fit_on_images_then_write_pseudo_masks_the_head_can_read(
     assert len(head_data.train_dataset) == 8
 
 
-def test_validation_scores_pseudo_masks_against_labels(tiny_monuseg_root: Path) -> None:
+@pytest.mark.parametrize("refine_pad", [None, 4], ids=["clustered", "refined"])
+def test_validation_scores_pseudo_masks_against_labels(
+    tiny_monuseg_root: Path, refine_pad: int | None
+) -> None:
     L.seed_everything(0)
-    model = tiny_module()
+    model = tiny_module(refine_pad=refine_pad)
     (metrics,) = trainer().validate(model, datamodule=tiny_data(tiny_monuseg_root))
     assert {"val/pixel_dice", "val/aji", "val/object_dice"} <= metrics.keys()
     # Purple disks on pink: colour and activation clustering find most nuclei pixels.

@@ -13,6 +13,7 @@ from protoseg.modules.pseudo_masks import (
     nuclear_score,
     nuclei_from_score,
     otsu_threshold,
+    refine_outlines_locally,
 )
 
 
@@ -70,3 +71,31 @@ def test_touching_nuclei_are_split_and_lone_ones_kept() -> None:
 
 def test_empty_mask_gives_no_instance() -> None:
     assert binary_to_instances(np.zeros((8, 8), bool)).max() == 0
+
+
+def test_local_refinement_redraws_each_object_at_its_own_threshold() -> None:
+    """A pale nucleus drawn too tight grows back to its outline; a dark one keeps its own."""
+    density = np.zeros((64, 64))
+    dark, pale = disk((16, 16), 6, shape=density.shape), disk((46, 46), 6, shape=density.shape)
+    density[dark], density[pale] = 1.0, 0.3
+    mask = np.zeros((64, 64), bool)
+    mask[dark] = True
+    mask[disk((46, 46), 3)] = True  # what a whole-image threshold between 0.3 and 1 leaves
+    refined = refine_outlines_locally(density, mask, pad=6)
+    expected = np.zeros((64, 64), bool)
+    expected[dark] = expected[pale] = True
+    assert np.array_equal(refined, expected)
+
+
+def test_local_refinement_drops_objects_without_stain_and_splits_clumps() -> None:
+    density = np.zeros((40, 40))
+    density[10:20, 5:12] = density[10:20, 16:23] = 1.0  # two nuclei, 4 px apart
+    mask = np.zeros((40, 40), bool)
+    mask[9:21, 4:24] = True  # drawn as one clump
+    mask[30:35, 30:35] = True  # on unstained glass
+    refined = refine_outlines_locally(density, mask, pad=2)
+    assert np.array_equal(refined, density > 0)
+    with pytest.raises(ValueError, match="differ"):
+        refine_outlines_locally(density, mask[:-1])
+    with pytest.raises(ValueError, match="pad"):
+        refine_outlines_locally(density, mask, pad=-1)
