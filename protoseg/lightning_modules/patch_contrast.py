@@ -40,8 +40,11 @@ Our reading of the paper, with every choice it leaves open written down:
   (colour deconvolution, per-image Otsu threshold) in the classes it belongs to, weighted by
   its class probabilities (:func:`~protoseg.modules.pseudo_masks.nuclear_score`); nuclei
   are the pixels above the score's own Otsu threshold, unless ``nuclei_class`` fixes one
-  class. The binary mask is cleaned (holes filled, objects under ``min_area`` px dropped)
-  and split into instances by a watershed on its distance transform.
+  class. The binary mask is cleaned (holes filled, objects under ``min_area`` px dropped);
+  with ``refine_pad`` each object is redrawn at the Otsu threshold of hematoxylin in its own
+  neighbourhood (:func:`~protoseg.modules.pseudo_masks.refine_outlines_locally`), since whole
+  classes pass the score threshold together and their outlines are too generous; the mask
+  is split into instances by a watershed on its distance transform.
 """
 
 from __future__ import annotations

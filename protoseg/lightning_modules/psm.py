@@ -24,7 +24,11 @@ pseudo masks, train a downstream network on them. Where the paper leaves a choic
   two z-scored cues per pixel, the smoothed hematoxylin density (``cue``) and the
   activation (weighted by ``activation_weight``), the activation negated where it
   anti-correlates with the colour (its polarity is arbitrary); the cell cluster has the
-  largest sum of centre cues. Holes are filled, objects under ``min_area`` px dropped,
+  largest sum of centre cues. With ``refine_pad`` each clustered object is then redrawn at
+  the Otsu threshold of the smoothed colour cue in its own neighbourhood
+  (:func:`~protoseg.modules.pseudo_masks.refine_outlines_locally`): a threshold per image
+  draws pale nuclei too tight and dark ones too wide, and the head learns those outlines.
+  Holes are filled, objects under ``min_area`` px dropped,
   touching nuclei split by a distance-transform watershed: instance pseudo labels for the
   segmentation head, which learns boundaries from them (we do not train the paper's
   Voronoi/cluster-label detector).
