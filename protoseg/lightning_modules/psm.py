@@ -203,11 +203,12 @@ class PSMModule(SSLModule):
         activations = self(batch["image"]).cpu().numpy()[:, 0]
         instances, binaries = [], []
         for activation, rgb in zip(activations, batch_rgb(batch, hp.normalization), strict=True):
-            cues = (hp.num_clusters, hp.activation_weight, hp.cue, hp.smooth_sigma)
-            binary = psm_binary_mask(rgb, activation, *cues, seed=hp.cluster_seed)
+            # One colour deconvolution per image serves the clustering and the refinement.
+            colour = smoothed_cell_cue(rgb, hp.cue, hp.smooth_sigma)
+            cues = (hp.num_clusters, hp.activation_weight)
+            binary = psm_binary_mask(colour, activation, *cues, seed=hp.cluster_seed)
             binary = clean_binary(binary, hp.min_area)
             if hp.refine_pad is not None:
-                colour = smoothed_cell_cue(rgb, hp.cue, hp.smooth_sigma)
                 binary = refine_outlines_locally(colour, binary, hp.refine_pad)
                 binary = clean_binary(binary, hp.min_area)
             binaries.append(binary)

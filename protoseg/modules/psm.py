@@ -122,24 +122,21 @@ def smoothed_cell_cue(
 
 
 def pixel_cues(
-    image: np.ndarray,
-    activation: np.ndarray,
-    activation_weight: float = 1.0,
-    cue: Cue = "hematoxylin",
-    smooth_sigma: float = 1.0,
+    colour: np.ndarray, activation: np.ndarray, activation_weight: float = 1.0
 ) -> np.ndarray:
     """Per-pixel clustering features (H * W, 2): colour cue and activation, z-scored per image.
 
-    Light Gaussian smoothing (``smooth_sigma`` px) of the colour cue quiets chromatin texture
-    that would otherwise pepper the masks. The polarity of a self-activation map is not fixed
-    by the self-supervised objective (a network may light up nuclei or the tissue around
-    them; on MoNuSeg we saw both for different random inits), so the activation is negated
-    when it anti-correlates with the colour cue. ``activation_weight`` scales the activation
-    column, i.e. its say in the Euclidean k-means distance.
+    ``colour`` is the (H, W) colour cue, lightly smoothed (:func:`smoothed_cell_cue`) to quiet
+    chromatin texture that would otherwise pepper the masks. The polarity of a
+    self-activation map is not fixed by the self-supervised objective (a network may light up
+    nuclei or the tissue around them; on MoNuSeg we saw both for different random inits), so
+    the activation is negated when it anti-correlates with the colour cue.
+    ``activation_weight`` scales the activation column, i.e. its say in the Euclidean k-means
+    distance.
     """
-    if activation.shape != image.shape[:2]:
-        raise ValueError(f"activation {activation.shape} and image {image.shape[:2]} differ")
-    colour = _zscore(smoothed_cell_cue(image, cue, smooth_sigma))
+    if activation.shape != colour.shape:
+        raise ValueError(f"activation {activation.shape} and image {colour.shape} differ")
+    colour = _zscore(colour)
     active = _zscore(activation.astype(np.float64))
     if np.mean(colour * active) < 0:
         active = -active
@@ -169,18 +166,21 @@ def foreground_cluster(centers: np.ndarray) -> int:
 
 
 def psm_binary_mask(
-    image: np.ndarray,
+    colour: np.ndarray,
     activation: np.ndarray,
     num_clusters: int = 3,
     activation_weight: float = 1.0,
-    cue: Cue = "hematoxylin",
-    smooth_sigma: float = 1.0,
     seed: int = 0,
 ) -> np.ndarray:
-    """Semantic clustering of one image into a cell/background mask (H, W) bool."""
-    cues = pixel_cues(image, activation, activation_weight, cue, smooth_sigma)
+    """Semantic clustering of one image into a cell/background mask (H, W) bool.
+
+    Args:
+        colour: (H, W) smoothed colour cue of the image (:func:`smoothed_cell_cue`).
+        activation: (H, W) self-activation map of the same image.
+    """
+    cues = pixel_cues(colour, activation, activation_weight)
     labels, centers = cluster_pixels(cues, num_clusters, seed=seed)
-    return (labels == foreground_cluster(centers)).reshape(image.shape[:2])
+    return (labels == foreground_cluster(centers)).reshape(colour.shape)
 
 
 def cell_points(instances: np.ndarray) -> np.ndarray:
