@@ -46,6 +46,12 @@ class SegmentationModule(L.LightningModule):
         warmup_steps: linear learning-rate warm-up; a cosine decay to zero follows over the
             rest of ``trainer.estimated_stepping_batches``.
         marker_threshold: inside probability that seeds a nucleus (post-processing).
+        foreground_threshold: ``1 - p(background)`` above which a pixel is nuclear
+            (post-processing, both splits). A head trained on pseudo masks spreads its
+            foreground over thin bridges between neighbouring nuclei; 0.6 rather than 0.5
+            cuts many of them: AJI +0.011 and +0.014 for two PSM-mask heads on the 30
+            training images (better on 22 of 30 images; labels only scored), pixel Dice
+            unchanged.
         min_area: smallest nucleus kept, in px.
         instance_split: how touching nuclei are separated. ``"three_class"``: seeds from the
             *inside* class, grown over the boundary class (for heads trained on true
@@ -68,6 +74,7 @@ class SegmentationModule(L.LightningModule):
         optimizer: OptimizerCallable | None = None,
         warmup_steps: int = 100,
         marker_threshold: float = 0.5,
+        foreground_threshold: float = 0.5,
         min_area: int = 10,
         instance_split: str = "three_class",
         min_distance: int = 5,
@@ -81,6 +88,8 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(
                 f"tile_overlap must be in [0, tile_size={tile_size}), got {tile_overlap}"
             )
+        if not 0.0 < foreground_threshold < 1.0:
+            raise ValueError(f"foreground_threshold must be in (0, 1), got {foreground_threshold}")
         if instance_split not in ("three_class", "distance"):
             raise ValueError(
                 f"instance_split must be 'three_class' or 'distance', got {instance_split!r}"
@@ -105,11 +114,17 @@ class SegmentationModule(L.LightningModule):
         hp = self.hparams
         if hp.instance_split == "distance":
             return [
-                binary_to_instances(clean_binary(p[BACKGROUND] < 0.5, hp.min_area), hp.min_distance)
+                binary_to_instances(
+                    clean_binary(p[BACKGROUND] < 1.0 - hp.foreground_threshold, hp.min_area),
+                    hp.min_distance,
+                )
                 for p in probs
             ]
         return [
-            three_class_to_instances(p, hp.marker_threshold, min_area=hp.min_area) for p in probs
+            three_class_to_instances(
+                p, hp.marker_threshold, hp.foreground_threshold, min_area=hp.min_area
+            )
+            for p in probs
         ]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -80,29 +80,34 @@ def test_same_seed_same_training(tiny_monuseg_root: Path) -> None:
         torch.testing.assert_close(first[key], second[key])
 
 
-class _FixedLogits(torch.nn.Module):
-    """A 'network' whose logits are given: two touching discs, all 'inside', no boundary."""
+class _GivenLogits(torch.nn.Module):
+    """A 'network' whose logits (3, H, W) are given, whatever the images."""
 
     output_stride = 1
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, logits: np.ndarray) -> None:
         super().__init__()
-        yy, xx = np.mgrid[:size, :size]
-        discs = ((yy - 32) ** 2 + (xx - 22) ** 2 < 100) | ((yy - 32) ** 2 + (xx - 40) ** 2 < 100)
-        logits = np.full((3, size, size), -10.0, np.float32)
-        logits[0][~discs] = 10.0
-        logits[1][discs] = 10.0
-        self.register_buffer("logits", torch.from_numpy(logits)[None])
+        self.register_buffer("logits", torch.from_numpy(logits.astype(np.float32))[None])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits.expand(images.shape[0], -1, -1, -1)
 
 
+def _touching_discs(size: int = 64) -> _GivenLogits:
+    """Two touching discs, all 'inside', no boundary."""
+    yy, xx = np.mgrid[:size, :size]
+    discs = ((yy - 32) ** 2 + (xx - 22) ** 2 < 100) | ((yy - 32) ** 2 + (xx - 40) ** 2 < 100)
+    logits = np.full((3, size, size), -10.0, np.float32)
+    logits[0][~discs] = 10.0
+    logits[1][discs] = 10.0
+    return _GivenLogits(logits)
+
+
 def test_distance_split_separates_nuclei_without_a_boundary_class() -> None:
     images = torch.zeros(1, 3, 64, 64)
-    merged = SegmentationModule(_FixedLogits(), tile_size=64, tile_overlap=0)
+    merged = SegmentationModule(_touching_discs(), tile_size=64, tile_overlap=0)
     split = SegmentationModule(
-        _FixedLogits(), tile_size=64, tile_overlap=0, instance_split="distance", min_distance=5
+        _touching_discs(), tile_size=64, tile_overlap=0, instance_split="distance", min_distance=5
     )
     (one,) = merged.predict_instances(images)
     (two,) = split.predict_instances(images)
@@ -110,4 +115,46 @@ def test_distance_split_separates_nuclei_without_a_boundary_class() -> None:
     assert two.max() == 2
     np.testing.assert_array_equal(one > 0, two > 0)
     with pytest.raises(ValueError, match="instance_split"):
-        SegmentationModule(_FixedLogits(), instance_split="voronoi")
+        SegmentationModule(_touching_discs(), instance_split="voronoi")
+
+
+def _bridged_discs(size: int = 64) -> _GivenLogits:
+    """Two separate discs (foreground probability ~1) joined by a bar at probability 0.55."""
+    yy, xx = np.mgrid[:size, :size]
+    discs = ((yy - 32) ** 2 + (xx - 16) ** 2 < 64) | ((yy - 32) ** 2 + (xx - 48) ** 2 < 64)
+    bridge = (abs(yy - 32) <= 6) & (xx > 16) & (xx < 48) & ~discs
+    logits = np.zeros((3, size, size), np.float32)
+    logits[0][~discs & ~bridge] = 10.0
+    logits[1][discs] = 10.0
+    # softmax of (0, log(0.55 / 0.45), -30): p(background) = 0.45 on the bar
+    logits[1][bridge] = np.log(0.55 / 0.45)
+    logits[2] = -30.0
+    return _GivenLogits(logits)
+
+
+@pytest.mark.parametrize("split", ["three_class", "distance"])
+def test_foreground_threshold_cuts_a_weak_bridge(split: str) -> None:
+    images = torch.zeros(1, 3, 64, 64)
+
+    def count(threshold: float) -> tuple[int, int]:
+        module = SegmentationModule(
+            _bridged_discs(),
+            tile_size=64,
+            tile_overlap=0,
+            instance_split=split,
+            # farther than the discs' centres: a connected pair stays one object
+            min_distance=40,
+            foreground_threshold=threshold,
+        )
+        (instances,) = module.predict_instances(images)
+        return int(instances.max()), int((instances > 0).sum())
+
+    (merged, merged_area), (apart, apart_area) = count(0.5), count(0.6)
+    assert merged == 1
+    assert apart == 2
+    # only the bar goes: the discs keep every pixel
+    logits = _bridged_discs().logits[0].numpy()
+    bar = int(((logits[1] > 0) & (logits[1] < 1)).sum())
+    assert merged_area - apart_area == bar
+    with pytest.raises(ValueError, match="foreground_threshold"):
+        SegmentationModule(_bridged_discs(), foreground_threshold=1.0)
