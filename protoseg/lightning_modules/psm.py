@@ -205,8 +205,9 @@ class PSMModule(SSLModule):
         for activation, rgb in zip(activations, batch_rgb(batch, hp.normalization), strict=True):
             # One colour deconvolution per image serves the clustering and the refinement.
             colour = smoothed_cell_cue(rgb, hp.cue, hp.smooth_sigma)
-            cues = (hp.num_clusters, hp.activation_weight)
-            binary = psm_binary_mask(colour, activation, *cues, seed=hp.cluster_seed)
+            binary = psm_binary_mask(
+                colour, activation, hp.num_clusters, hp.activation_weight, seed=hp.cluster_seed
+            )
             binary = clean_binary(binary, hp.min_area)
             if hp.refine_pad is not None:
                 binary = refine_outlines_locally(colour, binary, hp.refine_pad)

@@ -135,7 +135,7 @@ def pixel_cues(
     distance.
     """
     if activation.shape != colour.shape:
-        raise ValueError(f"activation {activation.shape} and image {colour.shape} differ")
+        raise ValueError(f"activation {activation.shape} and colour cue {colour.shape} differ")
     colour = _zscore(colour)
     active = _zscore(activation.astype(np.float64))
     if np.mean(colour * active) < 0:
