@@ -1,4 +1,5 @@
-"""What every benchmark records beside its figures: the command, the machine and the date."""
+"""What every benchmark records beside its figures: the command, the source, the machine and
+the date."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 import torch
 
 from protoseg.precision import cpu_has_native_bf16
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
@@ -49,13 +53,41 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def source_state(root: Path = ROOT) -> dict[str, Any]:
+    """The git commit the benchmark ran from and whether tracked files other than
+    ``benchmarks/results`` (which benchmarks write) differed from it.
+
+    ``{"commit": None}`` when ``root`` is not the top of a git checkout (e.g. an unpacked
+    sdist, even inside someone else's repository) or git is missing.
+    """
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return {"commit": None}
+        commit = git("rev-parse", "HEAD")
+        modified = bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None}
+    return {"commit": commit, "modified": modified}
+
+
 def write_result(path: str | Path, figures: dict[str, Any]) -> Path:
-    """Writes ``figures`` with command, machine and UTC date as JSON (atomically)."""
+    """Writes ``figures`` with command, source commit, machine and UTC date as JSON
+    (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source_state(),
         "machine": machine_info(),
         **figures,
     }

@@ -1,0 +1,68 @@
+"""benchmarks/common.py: the source commit every benchmark record carries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import ROOT, source_state, write_result
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def _git(repo: Path, *args: str) -> str:
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.org"]
+    done = subprocess.run(
+        ["git", *identity, "-C", str(repo), *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository with one committed source file and one committed result file."""
+    root = tmp_path / "repo"
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    (root / "stage.py").write_text("STEPS = 10\n")
+    (root / "benchmarks" / "results" / "old.json").write_text("{}\n")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "start")
+    return root
+
+
+def test_clean_checkout_reports_its_commit(repo: Path) -> None:
+    assert source_state(repo) == {"commit": _git(repo, "rev-parse", "HEAD"), "modified": False}
+
+
+def test_edited_source_is_reported_as_modified(repo: Path) -> None:
+    (repo / "stage.py").write_text("STEPS = 20\n")
+    assert source_state(repo)["modified"] is True
+
+
+def test_rewritten_results_and_new_files_do_not_count(repo: Path) -> None:
+    """Benchmarks write results/*.json themselves, and runs/ holds untracked outputs."""
+    (repo / "benchmarks" / "results" / "old.json").write_text('{"aji": 0.5}\n')
+    (repo / "untracked.txt").write_text("scratch\n")
+    assert source_state(repo)["modified"] is False
+
+
+def test_outside_a_checkout_the_commit_is_unknown(tmp_path: Path, repo: Path) -> None:
+    assert source_state(tmp_path) == {"commit": None}
+    # A copy unpacked inside another project's checkout is not that project's commit.
+    nested = repo / "vendor" / "protoseg"
+    nested.mkdir(parents=True)
+    assert source_state(nested) == {"commit": None}
+
+
+def test_write_result_records_this_checkout(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "out" / "bench.json", {"aji": 0.5})
+    record = json.loads(path.read_text())
+    assert record["aji"] == 0.5
+    assert record["source"]["commit"] == source_state(ROOT)["commit"]
+    assert {"command", "date", "machine"} <= set(record)
+    assert not list(path.parent.glob(".*.tmp"))
