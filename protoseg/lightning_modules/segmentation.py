@@ -22,7 +22,7 @@ from protoseg.lightning_modules.evaluation import (
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.metrics import NucleiMetrics
 from protoseg.modules.losses import CEDiceLoss
-from protoseg.modules.postprocess import three_class_to_instances
+from protoseg.modules.postprocess import drop_unsure_objects, three_class_to_instances
 from protoseg.modules.pseudo_masks import binary_to_instances, clean_binary
 from protoseg.modules.tiling import predict_tiled
 
@@ -53,6 +53,10 @@ class SegmentationModule(L.LightningModule):
             training images (better on 22 of 30 images; labels only scored), +0.004 for a
             patch-contrast head, pixel Dice within 0.001.
         min_area: smallest nucleus kept, in px.
+        min_peak_probability: when set, objects whose highest ``1 - p(background)`` stays
+            below it are dropped (:func:`~protoseg.modules.postprocess.drop_unsure_objects`;
+            both splits). At 0.99 on two PSM-mask heads (30 training images, labels only
+            scored): AJI +0.006 / +0.004, object Dice +0.008 / +0.005, PQ +0.05.
         instance_split: how touching nuclei are separated. ``"three_class"``: seeds from the
             *inside* class, grown over the boundary class (for heads trained on true
             instance labels). ``"distance"``: the foreground alone, split by a watershed on
@@ -76,6 +80,7 @@ class SegmentationModule(L.LightningModule):
         marker_threshold: float = 0.5,
         foreground_threshold: float = 0.5,
         min_area: int = 10,
+        min_peak_probability: float | None = None,
         instance_split: str = "three_class",
         min_distance: int = 5,
         tile_size: int = 1024,
@@ -90,6 +95,10 @@ class SegmentationModule(L.LightningModule):
             )
         if not 0.0 < foreground_threshold < 1.0:
             raise ValueError(f"foreground_threshold must be in (0, 1), got {foreground_threshold}")
+        if min_peak_probability is not None and not 0.0 < min_peak_probability < 1.0:
+            raise ValueError(
+                f"min_peak_probability must be None or in (0, 1), got {min_peak_probability}"
+            )
         if instance_split not in ("three_class", "distance"):
             raise ValueError(
                 f"instance_split must be 'three_class' or 'distance', got {instance_split!r}"
@@ -113,18 +122,25 @@ class SegmentationModule(L.LightningModule):
         probs = self(images).float().softmax(dim=1).cpu().numpy()
         hp = self.hparams
         if hp.instance_split == "distance":
-            return [
+            instances = [
                 binary_to_instances(
                     clean_binary(p[BACKGROUND] < 1.0 - hp.foreground_threshold, hp.min_area),
                     hp.min_distance,
                 )
                 for p in probs
             ]
+        else:
+            instances = [
+                three_class_to_instances(
+                    p, hp.marker_threshold, hp.foreground_threshold, min_area=hp.min_area
+                )
+                for p in probs
+            ]
+        if hp.min_peak_probability is None:
+            return instances
         return [
-            three_class_to_instances(
-                p, hp.marker_threshold, hp.foreground_threshold, min_area=hp.min_area
-            )
-            for p in probs
+            drop_unsure_objects(i, 1.0 - p[BACKGROUND], hp.min_peak_probability)
+            for i, p in zip(instances, probs, strict=True)
         ]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -158,3 +158,33 @@ def test_foreground_threshold_cuts_a_weak_bridge(split: str) -> None:
     assert merged_area - apart_area == bar
     with pytest.raises(ValueError, match="foreground_threshold"):
         SegmentationModule(_bridged_discs(), foreground_threshold=1.0)
+
+
+@pytest.mark.parametrize("split", ["three_class", "distance"])
+def test_min_peak_probability_drops_a_faint_object(split: str) -> None:
+    """A disc at foreground probability ~1 stays; one at 0.9 goes once the bar is 0.99."""
+    yy, xx = np.mgrid[:64, :64]
+    sure = (yy - 20) ** 2 + (xx - 20) ** 2 < 64
+    faint = (yy - 44) ** 2 + (xx - 44) ** 2 < 64
+    logits = np.zeros((3, 64, 64), np.float32)
+    logits[0][~sure & ~faint] = 10.0
+    logits[1][sure] = 10.0
+    logits[1][faint] = np.log(0.9 / 0.1)  # p(background) = 0.1
+    logits[2] = -30.0
+
+    def kept(bar: float | None) -> np.ndarray:
+        module = SegmentationModule(
+            _GivenLogits(logits),
+            tile_size=64,
+            tile_overlap=0,
+            instance_split=split,
+            min_peak_probability=bar,
+        )
+        return module.predict_instances(torch.zeros(1, 3, 64, 64))[0]
+
+    everything, confident = kept(None), kept(0.99)
+    assert everything.max() == 2
+    assert confident.max() == 1
+    np.testing.assert_array_equal(confident > 0, sure)
+    with pytest.raises(ValueError, match="min_peak_probability"):
+        SegmentationModule(_GivenLogits(logits), min_peak_probability=1.0)

@@ -7,7 +7,7 @@ import pytest
 from skimage.draw import disk
 
 from protoseg.datamodules.targets import instances_to_three_class
-from protoseg.modules.postprocess import three_class_to_instances
+from protoseg.modules.postprocess import drop_unsure_objects, three_class_to_instances
 
 
 def one_hot_probs(classes: np.ndarray) -> np.ndarray:
@@ -45,3 +45,25 @@ def test_drops_small_objects_and_handles_empty() -> None:
 def test_rejects_wrong_shape() -> None:
     with pytest.raises(ValueError, match="3, H, W"):
         three_class_to_instances(np.zeros((2, 4, 4)))
+
+
+def test_drop_unsure_objects_keeps_objects_by_their_peak_probability() -> None:
+    instances = np.zeros((32, 32), dtype=np.int32)
+    instances[2:8, 2:8] = 4  # peak 0.995: stays
+    instances[12:18, 12:18] = 9  # peak 0.9: goes
+    instances[24:30, 24:30] = 2  # peak exactly 0.99: stays
+    foreground = np.full((32, 32), 0.7, dtype=np.float32)
+    foreground[4, 4] = 0.995
+    foreground[14, 14] = 0.9
+    foreground[26, 26] = 0.99
+    out = drop_unsure_objects(instances, foreground, 0.99)
+    # independent reference: objects by hand, relabelled in order
+    expected = np.zeros_like(instances)
+    expected[24:30, 24:30] = 1
+    expected[2:8, 2:8] = 2
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.int32
+    empty = drop_unsure_objects(np.zeros((4, 4), np.int32), np.ones((4, 4)), 0.5)
+    assert not empty.any()
+    with pytest.raises(ValueError, match="differ in shape"):
+        drop_unsure_objects(instances, foreground[:16], 0.99)
