@@ -120,28 +120,22 @@ class SegmentationModule(L.LightningModule):
     def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
         """Instance maps, one (H, W) int32 array per image of (B, 3, H, W)."""
         probs = self(images).float().softmax(dim=1).cpu().numpy()
+        return [self._instances(p) for p in probs]
+
+    def _instances(self, probs: np.ndarray) -> np.ndarray:
+        """One image's instance map from its class probabilities (3, H, W)."""
         hp = self.hparams
         if hp.instance_split == "distance":
-            instances = [
-                binary_to_instances(
-                    clean_binary(p[BACKGROUND] < 1.0 - hp.foreground_threshold, hp.min_area),
-                    hp.min_distance,
-                )
-                for p in probs
-            ]
+            binary = clean_binary(probs[BACKGROUND] < 1.0 - hp.foreground_threshold, hp.min_area)
+            instances = binary_to_instances(binary, hp.min_distance)
         else:
-            instances = [
-                three_class_to_instances(
-                    p, hp.marker_threshold, hp.foreground_threshold, min_area=hp.min_area
-                )
-                for p in probs
-            ]
-        if hp.min_peak_probability is None:
-            return instances
-        return [
-            drop_unsure_objects(i, 1.0 - p[BACKGROUND], hp.min_peak_probability)
-            for i, p in zip(instances, probs, strict=True)
-        ]
+            instances = three_class_to_instances(
+                probs, hp.marker_threshold, hp.foreground_threshold, min_area=hp.min_area
+            )
+        if hp.min_peak_probability is not None:
+            foreground = 1.0 - probs[BACKGROUND]
+            instances = drop_unsure_objects(instances, foreground, hp.min_peak_probability)
+        return instances
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images = batch["image"].contiguous(memory_format=torch.channels_last)
