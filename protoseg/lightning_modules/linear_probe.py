@@ -29,6 +29,7 @@ from protoseg.lightning_modules.evaluation import (
     update_metrics,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
+from protoseg.lightning_modules.time_budget import warmup_cosine_within_budget
 from protoseg.metrics import NucleiMetrics
 from protoseg.modules.backbones import TimmBackbone
 from protoseg.modules.linear_probe import (
@@ -40,7 +41,6 @@ from protoseg.modules.linear_probe import (
     probe_loss,
     upsample_logits,
 )
-from protoseg.modules.momentum import warmup_cosine
 
 Batch = dict[str, Any]
 
@@ -157,7 +157,7 @@ class LinearProbeModule(L.LightningModule):
             optimizer = self.optimizer_factory(params)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, 0, total)
+            optimizer, warmup_cosine_within_budget(self.trainer, 0, total)
         )
         return {
             "optimizer": optimizer,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -20,6 +19,7 @@ from protoseg.lightning_modules.evaluation import (
     update_metrics,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
+from protoseg.lightning_modules.time_budget import warmup_cosine_within_budget
 from protoseg.metrics import NucleiMetrics
 from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess import drop_unsure_objects, three_class_to_instances
@@ -44,7 +44,8 @@ class SegmentationModule(L.LightningModule):
         optimizer: optimizer factory taking the parameters; default AdamW(lr=1e-3,
             weight_decay=1e-4).
         warmup_steps: linear learning-rate warm-up; a cosine decay to zero follows over the
-            rest of ``trainer.estimated_stepping_batches``.
+            rest of ``trainer.estimated_stepping_batches``, or ends at ``trainer.max_time``
+            when that comes first (:mod:`~protoseg.lightning_modules.time_budget`).
         marker_threshold: inside probability that seeds a nucleus (post-processing).
         foreground_threshold: ``1 - p(background)`` above which a pixel is nuclear
             (post-processing, both splits). A head trained on pseudo masks spreads its
@@ -175,14 +176,9 @@ class SegmentationModule(L.LightningModule):
             optimizer = self.optimizer_factory(self.parameters())
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.hparams.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine_within_budget(self.trainer, warmup, total)
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -15,8 +15,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from protoseg.lightning_modules.batch_rng import batch_rng, training_batch_index
+from protoseg.lightning_modules.time_budget import warmup_cosine_within_budget
 from protoseg.modules.backbones import save_encoder_checkpoint
-from protoseg.modules.momentum import warmup_cosine
 
 Batch = dict[str, Any]
 
@@ -35,7 +35,8 @@ class SSLModule(L.LightningModule):
     - **Learning rate**: the optimizer's lr is per ``base_lr_batch_size`` images (Goyal et
       al., 2017): it is multiplied by ``batch * world_size * accumulate_grad_batches /
       base_lr_batch_size``, then follows a linear warm-up and a cosine decay to zero over
-      ``trainer.estimated_stepping_batches``. Default optimizer: AdamW(lr=1e-3,
+      ``trainer.estimated_stepping_batches`` (or to ``trainer.max_time`` where that ends the
+      run first, :mod:`~protoseg.lightning_modules.time_budget`). Default optimizer: AdamW(lr=1e-3,
       weight_decay=1e-4) for every method (the papers use LARS/SGD at large batch sizes;
       AdamW is the robust choice for small batches).
     - **BatchNorm under DDP**: statistics are per process unless the Trainer converts them;
@@ -145,7 +146,7 @@ class SSLModule(L.LightningModule):
             group["lr"] *= factor
         warmup = min(self.warmup_steps, self.total_steps // 2)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, self.total_steps)
+            optimizer, warmup_cosine_within_budget(self.trainer, warmup, self.total_steps)
         )
         return {
             "optimizer": optimizer,

@@ -1,0 +1,70 @@
+"""Learning-rate schedules that end when the trainer's ``max_time`` guard ends the run.
+
+A step-count cosine assumes the run reaches ``max_steps``. Where ``max_time`` stops it
+first (a slow CPU: the PSM chain's head on a float32-only CPU made 590 of its 1000 steps in
+its 27-minute guard), the cosine is cut at 54% of its course and the weights are kept at 43%
+of the peak rate instead of at a rate annealed towards zero. Here the cosine's progress is the
+larger of the share of steps done and the share of ``max_time`` spent, so a run the guard
+stops still anneals; a run that reaches ``max_steps`` well inside its guard (or has none)
+follows the step schedule alone. (A run the guard stops depends on the machine's speed either
+way: its step count does.) Measured on the PSM head, 12-minute guard, same pseudo masks and
+machine: cut step cosine at step 565, AJI 0.454 / object Dice 0.669; this schedule, 559 steps,
+0.461 / 0.681.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+from lightning.pytorch.callbacks import Timer
+
+
+def spent_time_fraction(trainer: L.Trainer) -> float:
+    """Share of ``trainer``'s ``max_time`` that training has used so far, in [0, 1].
+
+    0 without ``max_time``. The time is Lightning's :class:`~lightning.pytorch.callbacks.Timer`
+    reading (wall time since training started, validation included, carried over on resume),
+    rank 0's under DDP.
+    """
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None:
+        return 0.0
+    remaining = timer.time_remaining()
+    if remaining is None:
+        return 0.0
+    elapsed = timer.time_elapsed()
+    duration = elapsed + remaining
+    fraction = min(max(elapsed / duration, 0.0), 1.0) if duration > 0 else 1.0
+    if getattr(trainer, "world_size", 1) > 1:
+        # Each rank's clock differs a little: one learning rate for all, or DDP replicas
+        # drift apart. Lightning's Timer broadcasts its stop decision the same way.
+        fraction = float(trainer.strategy.broadcast(fraction))
+    return fraction
+
+
+def warmup_cosine_within_budget(
+    trainer: L.Trainer, warmup: int, max_steps: int
+) -> Callable[[int], float]:
+    """LR multiplier for ``LambdaLR``: linear warm-up, then a cosine to zero that also ends at
+    ``max_time``.
+
+    Args:
+        trainer: the fitting trainer (read at every step for its time spent).
+        warmup: warm-up steps; step ``warmup - 1`` reaches 1.
+        max_steps: the step budget; the cosine reaches 0 there or at ``max_time``, whichever
+            comes first.
+
+    Returns:
+        ``step -> multiplier``.
+    """
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        by_steps = (step - warmup) / max(max_steps - warmup, 1)
+        progress = min(max(by_steps, spent_time_fraction(trainer)), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier
