@@ -14,11 +14,12 @@ machine: cut step cosine at step 565, AJI 0.454 / object Dice 0.669; this schedu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning as L
 from lightning.pytorch.callbacks import Timer
+
+from protoseg.modules.momentum import warmup_cosine
 
 
 def spent_time_fraction(trainer: L.Trainer) -> float:
@@ -37,7 +38,7 @@ def spent_time_fraction(trainer: L.Trainer) -> float:
     elapsed = timer.time_elapsed()
     duration = elapsed + remaining
     fraction = min(max(elapsed / duration, 0.0), 1.0) if duration > 0 else 1.0
-    if getattr(trainer, "world_size", 1) > 1:
+    if trainer.world_size > 1:
         # Each rank's clock differs a little: one learning rate for all, or DDP replicas
         # drift apart. Lightning's Timer broadcasts its stop decision the same way.
         fraction = float(trainer.strategy.broadcast(fraction))
@@ -62,9 +63,9 @@ def warmup_cosine_within_budget(
 
     def multiplier(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
-        by_steps = (step - warmup) / max(max_steps - warmup, 1)
-        progress = min(max(by_steps, spent_time_fraction(trainer)), 1.0)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return warmup_cosine(step, warmup, max_steps)
+        # The step the cosine would be at had the steps kept pace with the clock.
+        by_time = warmup + spent_time_fraction(trainer) * (max_steps - warmup)
+        return warmup_cosine(max(step, by_time), warmup, max_steps)
 
     return multiplier

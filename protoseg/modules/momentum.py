@@ -22,7 +22,7 @@ def update_momentum(online: nn.Module, target: nn.Module, m: float) -> None:
         target_buffer.copy_(online_buffer)
 
 
-def cosine_schedule(step: int, max_steps: int, start: float, end: float) -> float:
+def cosine_schedule(step: float, max_steps: int, start: float, end: float) -> float:
     """Cosine from ``start`` at step 0 to ``end`` at ``max_steps``, constant afterwards.
 
     BYOL's target momentum is ``cosine_schedule(k, K, 0.99, 1.0)``:
@@ -34,10 +34,11 @@ def cosine_schedule(step: int, max_steps: int, start: float, end: float) -> floa
     return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
 
-def warmup_cosine(step: int, warmup: int, max_steps: int) -> float:
+def warmup_cosine(step: float, warmup: int, max_steps: int) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine to zero.
 
-    Step ``warmup - 1`` reaches 1; ``max_steps`` and later give 0.
+    Step ``warmup - 1`` reaches 1; ``max_steps`` and later give 0. A fractional ``step`` past
+    the warm-up is a point on the cosine between two steps.
     """
     if step < warmup:
         return (step + 1) / warmup

@@ -77,7 +77,10 @@ def reference(step: int, warmup: int, max_steps: int, time_share: float) -> floa
 
 
 def test_without_a_time_guard_the_schedule_is_the_step_cosine() -> None:
-    for trainer in (SimpleNamespace(callbacks=[]), SimpleNamespace(callbacks=[Timer()])):
+    for trainer in (
+        SimpleNamespace(callbacks=[], world_size=1),
+        SimpleNamespace(callbacks=[Timer()], world_size=1),
+    ):
         assert spent_time_fraction(trainer) == 0.0
         multiplier = warmup_cosine_within_budget(trainer, warmup=10, max_steps=100)
         for step in range(0, 120, 7):
@@ -86,7 +89,9 @@ def test_without_a_time_guard_the_schedule_is_the_step_cosine() -> None:
 
 @pytest.mark.parametrize("elapsed_s", [0.0, 15.0, 30.0, 54.0, 60.0, 90.0])
 def test_the_cosine_follows_whichever_share_is_further(elapsed_s: float) -> None:
-    trainer = SimpleNamespace(callbacks=[FrozenTimer(duration_s=60.0, elapsed_s=elapsed_s)])
+    trainer = SimpleNamespace(
+        callbacks=[FrozenTimer(duration_s=60.0, elapsed_s=elapsed_s)], world_size=1
+    )
     share = min(elapsed_s / 60.0, 1.0)
     assert spent_time_fraction(trainer) == pytest.approx(share)
     multiplier = warmup_cosine_within_budget(trainer, warmup=10, max_steps=1000)
