@@ -3,13 +3,14 @@
 A step-count cosine assumes the run reaches ``max_steps``. Where ``max_time`` stops it
 first (a slow CPU: the PSM chain's head on a float32-only CPU made 590 of its 1000 steps in
 its 27-minute guard), the cosine is cut at 54% of its course and the weights are kept at 43%
-of the peak rate instead of at a rate annealed towards zero. Here the cosine's progress is the
-larger of the share of steps done and the share of ``max_time`` spent, so a run the guard
-stops still anneals; a run that reaches ``max_steps`` well inside its guard (or has none)
-follows the step schedule alone. (A run the guard stops depends on the machine's speed either
+of the peak rate instead of at a rate annealed towards zero. Here the cosine is at the larger of the
+step count and ``max_steps`` times the share of ``max_time`` spent, so a run the guard stops
+still anneals to zero; a run ahead of that pace (or without a guard) follows the step
+schedule alone. (A run the guard stops depends on the machine's speed either
 way: its step count does.) Measured on the PSM head, 12-minute guard, same pseudo masks and
-machine: cut step cosine at step 565, AJI 0.454 / object Dice 0.669; this schedule, 559 steps,
-0.461 / 0.681.
+machine: cut step cosine at step 565, AJI 0.454 / object Dice 0.669; a first form of this
+schedule (progress the larger of the step and time shares after warm-up; it let timing move
+the rates of runs well ahead of pace), 559 steps, 0.461 / 0.681.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def warmup_cosine_within_budget(
     def multiplier(step: int) -> float:
         if step < warmup:
             return warmup_cosine(step, warmup, max_steps)
-        # The step the cosine would be at had the steps kept pace with the clock.
-        by_time = warmup + spent_time_fraction(trainer) * (max_steps - warmup)
+        # The step a run exactly on pace to end at max_time would have reached. A run ahead
+        # of that pace (every test, every run the guard does not stop) follows the steps
+        # alone, so its rates do not depend on timing and a resumed fit repeats them.
+        by_time = spent_time_fraction(trainer) * max_steps
         return warmup_cosine(max(step, by_time), warmup, max_steps)
 
     return multiplier

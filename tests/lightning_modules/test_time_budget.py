@@ -69,10 +69,12 @@ class LearningRateProbe(L.LightningModule):
 
 
 def reference(step: int, warmup: int, max_steps: int, time_share: float) -> float:
-    """The schedule written out: linear warm-up, then cos over max(step share, time share)."""
+    """The schedule written out: linear warm-up, then a cosine at the step count or at the
+    step the time share stands for, whichever is further."""
     if step < warmup:
         return (step + 1) / warmup
-    share = max((step - warmup) / (max_steps - warmup), time_share)
+    at = max(step, time_share * max_steps)
+    share = (at - warmup) / (max_steps - warmup)
     return (1 + math.cos(math.pi * min(share, 1.0))) / 2
 
 
