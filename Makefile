@@ -76,7 +76,7 @@ bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmen
 	@echo "instance maps written: $$(ls $(BENCH_PC)/test_predictions/*.png | grep -vc _overlay)"
 
 BENCH_PSM := runs/bench_psm
-bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> segmentation head on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images
+bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> centre detector -> segmentation head on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images
 	$(BIN)/python benchmarks/monuseg_psm.py --data-root $(DATA)/monuseg/train \
 		--run-dir $(BENCH_PSM) --output $(RESULTS)/monuseg_psm.json
 	$(BIN)/protoseg predict --config configs/psm/segment_monuseg.yaml \

@@ -150,14 +150,17 @@ def label_free_chain(
     run_dir: str | Path,
     data_root: str,
     segment_steps: int | None = None,
+    detector_config: str | None = None,
 ) -> dict[str, Any]:
     """Runs a label-free chain: stage fit -> validate -> pseudo masks -> head fit -> validate.
 
     The stage trains into ``run_dir/stage``, writes its pseudo masks (predict with an
     :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter`) into
     ``run_dir/pseudo_masks``, and the segmentation head trains on them into
-    ``run_dir/segment``. Returns the two built CLIs (``stage``, ``segment``), the validation
-    metrics of both, and the wall seconds of the three timed steps.
+    ``run_dir/segment``. With ``detector_config`` a centre detector first trains on the same
+    pseudo masks into ``run_dir/detector`` and the head reads its last checkpoint
+    (``centre_weights``). Returns the built CLIs (``stage``, ``segment``, ``detector`` or
+    None), the validation metrics of each, and the wall seconds of every timed step.
     """
     from protoseg.callbacks.prediction_writer import InstancePredictionWriter
     from protoseg.cli import build_cli
@@ -171,10 +174,28 @@ def label_free_chain(
     _, pseudo_seconds = timed(
         stage.trainer.predict, stage.model, datamodule=stage.datamodule, return_predictions=False
     )
+    detector, detector_metrics, detector_seconds = None, None, 0.0
+    if detector_config is not None:
+        detector = build_cli(
+            [
+                *bench_overrides(detector_config, run_dir / "detector", data_root),
+                f"--data.pseudo_mask_dir={pseudo_dir}",
+            ],
+            run=False,
+        )
+        _, detector_seconds = timed(
+            detector.trainer.fit, detector.model, datamodule=detector.datamodule
+        )
+        (detector_metrics,) = detector.trainer.validate(
+            detector.model, datamodule=detector.datamodule
+        )
     overrides = [
         *bench_overrides(segment_config, run_dir / "segment", data_root),
         f"--data.pseudo_mask_dir={pseudo_dir}",
     ]
+    if detector is not None:
+        weights = detector.trainer.checkpoint_callback.last_model_path
+        overrides.append(f"--model.init_args.centre_weights={weights}")
     if segment_steps is not None:
         overrides.append(f"--trainer.max_steps={segment_steps}")
     segment = build_cli(overrides, run=False)
@@ -189,6 +210,9 @@ def label_free_chain(
         "stage_seconds": stage_seconds,
         "pseudo_seconds": pseudo_seconds,
         "segment_seconds": segment_seconds,
+        "detector": detector,
+        "detector_metrics": detector_metrics,
+        "detector_seconds": detector_seconds,
     }
 
 
@@ -201,7 +225,18 @@ def chain_figures(
     pseudo-mask validation are added under ``stage_key``, beside the head's figures.
     """
     head = chain["segment"]
-    seconds = [chain[k] for k in ("stage_seconds", "pseudo_seconds", "segment_seconds")]
+    keys = ("stage_seconds", "pseudo_seconds", "detector_seconds", "segment_seconds")
+    seconds = [chain.get(k, 0.0) for k in keys]
+    detector = chain.get("detector")
+    detector_figures = {}
+    if detector is not None:
+        detector_figures["detector"] = {
+            "parameters": sum(p.numel() for p in detector.model.parameters()),
+            "steps": detector.trainer.global_step,
+            "max_steps": detector.trainer.max_steps,
+            "train_wall_seconds": chain["detector_seconds"],
+            "validation": rounded(chain["detector_metrics"]),
+        }
     return {
         "benchmark": benchmark,
         "configs": configs,
@@ -214,6 +249,7 @@ def chain_figures(
             "pseudo_mask_wall_seconds": chain["pseudo_seconds"],
             "pseudo_mask_validation": rounded(chain["stage_metrics"]),
         },
+        **detector_figures,
         "segment": {
             "parameters": sum(p.numel() for p in head.model.parameters()),
             "steps": head.trainer.global_step,

@@ -1,4 +1,5 @@
-"""Label-free chain on MoNuSeg: PSM activation network -> pseudo masks -> segmentation head.
+"""Label-free chain on MoNuSeg: PSM activation network -> pseudo masks -> centre detector ->
+segmentation head.
 
 Chen et al., MICCAI 2023 (arXiv 2308.11144). No stage reads a label for training; the true
 labels of the 30 training images only score the pseudo masks and the final head (a fit
@@ -31,6 +32,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-root", default="../shared/data/monuseg/train")
     parser.add_argument("--output", default="benchmarks/results/monuseg_psm.json")
     parser.add_argument("--psm-config", default="configs/psm/monuseg.yaml")
+    parser.add_argument("--detector-config", default="configs/psm/detect_monuseg.yaml")
     parser.add_argument("--segment-config", default="configs/psm/segment_monuseg.yaml")
     parser.add_argument("--run-dir", default="runs/bench_psm")
     parser.add_argument("--segment-steps", type=int, default=None, help="override the config's")
@@ -41,7 +43,12 @@ def main() -> None:
     args = parse_args()
     run_dir = fresh_run_dir(args.run_dir)
     chain = label_free_chain(
-        args.psm_config, args.segment_config, run_dir, args.data_root, args.segment_steps
+        args.psm_config,
+        args.segment_config,
+        run_dir,
+        args.data_root,
+        args.segment_steps,
+        detector_config=args.detector_config,
     )
     psm = chain["stage"]
     stage = {
@@ -50,10 +57,11 @@ def main() -> None:
         "steps": psm.trainer.global_step,
         "max_steps": psm.trainer.max_steps,
     }
-    configs = [args.psm_config, args.segment_config]
+    configs = [args.psm_config, args.detector_config, args.segment_config]
     figures = chain_figures("monuseg_psm", configs, chain, "psm", stage)
     path = write_result(args.output, figures)
     print(f"wrote {path}: pseudo masks {figures['psm']['pseudo_mask_validation']}")
+    print(f"centre detector {figures['detector']['validation']}")
     print(f"segmentation head {figures['segment']['validation']}")
 
 

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from protoseg.cli import main
+from protoseg.modules.networks import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 # Section presets, passed beside a stage config (``--config configs/trainer/X.yaml``,
@@ -60,6 +62,13 @@ def test_config_runs_end_to_end(
         [f"--data.pseudo_mask_dir={data_root / 'labels'}"] if "pseudo_mask_dir" in data_args else []
     )
     run_dir = tmp_path / "run"
+    # A head that reads a centre detector (configs/psm/segment_monuseg.yaml) gets the weights
+    # of a freshly built detector network of the config's own architecture.
+    centre = yaml.safe_load(config.read_text())["model"]["init_args"].get("centre_net")
+    if centre is not None:
+        weights = tmp_path / "centre_net.pt"
+        torch.save(UNet(**centre["init_args"]).state_dict(), weights)
+        pseudo.append(f"--model.init_args.centre_weights={weights}")
     # SSL configs read a tile folder: no labels, no validation split, nothing to predict; their
     # fit ends by exporting the encoder the other stages load.
     ssl = yaml.safe_load(config.read_text())["data"]["class_path"].endswith("TileFolderDataModule")

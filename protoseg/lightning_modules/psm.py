@@ -30,8 +30,11 @@ pseudo masks, train a downstream network on them. Where the paper leaves a choic
   draws pale nuclei too tight and dark ones too wide, and the head learns those outlines.
   Holes are filled, objects under ``min_area`` px dropped,
   touching nuclei split by a distance-transform watershed: instance pseudo labels for the
-  segmentation head, which learns boundaries from them (we do not train the paper's
-  Voronoi/cluster-label detector).
+  segmentation head. The paper's detection network is
+  :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule`, a centre heatmap
+  learnt from the convex pseudo nuclei; the head's distance split reads it to cut clumps
+  (we do not train on the paper's Voronoi/cluster labels: from our pseudo masks they are
+  worse supervision than the masks themselves).
 - **Multi-class detection**: cell centroids, classed by a k-means on per-cell mean H/E/DAB
   densities into ``num_cell_classes`` (by DAB: class 0 the least stained); for IHC (BCData)
   ``cue="density"`` makes brown and blue nuclei both cells.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,7 +20,7 @@ from protoseg.lightning_modules.evaluation import (
     update_metrics,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
-from protoseg.lightning_modules.time_budget import warmup_cosine_within_budget
+from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics import NucleiMetrics
 from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess import drop_unsure_objects, three_class_to_instances
@@ -27,6 +28,25 @@ from protoseg.modules.pseudo_masks import binary_to_instances, clean_binary
 from protoseg.modules.tiling import predict_tiled
 
 Batch = dict[str, Any]
+
+
+def load_centre_weights(net: nn.Module, path: str | None) -> None:
+    """Loads a centre detector's weights into ``net`` from a Lightning checkpoint of
+    :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule` (its ``net.*``
+    entries) or a plain state dict of ``net``; names the file on any mismatch."""
+    if path is None:
+        raise ValueError("centre_net needs centre_weights: the detector's checkpoint")
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: centre detector checkpoint not found (centre_weights)")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if "state_dict" in state:  # a Lightning checkpoint: the detector module's ``net.*``
+        state = state["state_dict"]
+        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{file}: weights do not fit centre_net: {error}") from error
 
 
 class SegmentationModule(L.LightningModule):
@@ -66,6 +86,17 @@ class SegmentationModule(L.LightningModule):
             boundaries; on the PSM chain the distance split lifts AJI on the 30 training
             images from 0.319 to 0.418 (labels only scored both).
         min_distance: smallest distance between two nucleus centres, px (``"distance"``).
+        centre_net: a nucleus-centre detector's network (one logit map, e.g. the ``net`` of
+            :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule`);
+            its heatmap reshapes the distance split's landscape (``centre_offset`` +
+            heatmap, see :func:`~protoseg.modules.pseudo_masks.binary_to_instances`), so
+            fused clumps are cut between the nuclei it sees. Frozen: its weights come from
+            ``centre_weights`` when a fit starts and travel in this module's checkpoint.
+            On three PSM heads (30 training images, labels only scored) AJI rose by
+            0.017-0.026 with ``centre_offset`` 0.25 and ``min_distance`` 7.
+        centre_weights: the detector's Lightning checkpoint (or a state dict of
+            ``centre_net``); needed to fit with ``centre_net``.
+        centre_offset: the landscape's weight where the detector sees no centre.
         tile_size: inference tile side for whole images; 1024 covers a MoNuSeg image at once.
         tile_overlap: px shared by neighbouring inference tiles.
         num_log_images: validation images drawn to TensorBoard per validation run.
@@ -84,6 +115,9 @@ class SegmentationModule(L.LightningModule):
         min_peak_probability: float | None = None,
         instance_split: str = "three_class",
         min_distance: int = 5,
+        centre_net: nn.Module | None = None,
+        centre_weights: str | None = None,
+        centre_offset: float = 0.25,
         tile_size: int = 1024,
         tile_overlap: int = 128,
         num_log_images: int = 2,
@@ -104,8 +138,15 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(
                 f"instance_split must be 'three_class' or 'distance', got {instance_split!r}"
             )
+        if centre_net is not None and instance_split != "distance":
+            raise ValueError("centre_net shapes the distance split: set instance_split: distance")
+        if centre_offset <= 0:
+            raise ValueError(f"centre_offset must be > 0, got {centre_offset}")
         save_init_hyperparameters(self)
         self.net = net
+        self.centre_net = centre_net
+        if centre_net is not None:
+            centre_net.requires_grad_(False).eval()
         self.loss = loss if loss is not None else CEDiceLoss()
         self.optimizer_factory = optimizer
         self.val_metrics = NucleiMetrics(prefix="val/")
@@ -118,17 +159,40 @@ class SegmentationModule(L.LightningModule):
             self.net, images, self.hparams.tile_size, self.hparams.tile_overlap, stride
         )
 
+    def setup(self, stage: str) -> None:
+        """Loads the centre detector's weights before a fit (a checkpoint restores them after)."""
+        if stage == "fit" and self.centre_net is not None:
+            load_centre_weights(self.centre_net, self.hparams.centre_weights)
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """As ``nn.Module.train``, but the frozen centre detector stays in eval mode."""
+        super().train(mode)
+        if self.centre_net is not None:
+            self.centre_net.eval()
+        return self
+
+    def centre_heatmaps(self, images: torch.Tensor) -> np.ndarray | None:
+        """The centre detector's heatmaps (B, H, W) in [0, 1], or None without one."""
+        if self.centre_net is None:
+            return None
+        hp = self.hparams
+        stride = getattr(self.centre_net, "output_stride", 32)
+        logits = predict_tiled(self.centre_net, images, hp.tile_size, hp.tile_overlap, stride)
+        return logits.float().sigmoid()[:, 0].cpu().numpy()
+
     def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
         """Instance maps, one (H, W) int32 array per image of (B, 3, H, W)."""
         probs = self(images).float().softmax(dim=1).cpu().numpy()
-        return [self._instances(p) for p in probs]
+        heat = self.centre_heatmaps(images)
+        return [self._instances(p, None if heat is None else heat[i]) for i, p in enumerate(probs)]
 
-    def _instances(self, probs: np.ndarray) -> np.ndarray:
-        """One image's instance map from its class probabilities (3, H, W)."""
+    def _instances(self, probs: np.ndarray, centres: np.ndarray | None = None) -> np.ndarray:
+        """One image's instance map from its class probabilities (3, H, W) and, with a centre
+        detector, its centre heatmap (H, W)."""
         hp = self.hparams
         if hp.instance_split == "distance":
             binary = clean_binary(probs[BACKGROUND] < 1.0 - hp.foreground_threshold, hp.min_area)
-            instances = binary_to_instances(binary, hp.min_distance)
+            instances = binary_to_instances(binary, hp.min_distance, centres, hp.centre_offset)
         else:
             instances = three_class_to_instances(
                 probs, hp.marker_threshold, hp.foreground_threshold, min_area=hp.min_area
@@ -170,16 +234,10 @@ class SegmentationModule(L.LightningModule):
         return prediction_items(batch, self.predict_instances(batch["image"]))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.optimizer_factory is None:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-4)
-        else:
-            optimizer = self.optimizer_factory(self.parameters())
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.hparams.warmup_steps, total // 2)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine_within_budget(self.trainer, warmup, total)
+        return warmup_cosine_optimization(
+            self,
+            (p for p in self.parameters() if p.requires_grad),
+            self.optimizer_factory,
+            self.hparams.warmup_steps,
+            1e-3,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

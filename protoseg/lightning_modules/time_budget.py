@@ -15,9 +15,11 @@ the rates of runs well ahead of pace), 559 steps, 0.461 / 0.681.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Timer
 
 from protoseg.modules.momentum import warmup_cosine
@@ -72,3 +74,28 @@ def warmup_cosine_within_budget(
         return warmup_cosine(max(step, by_time), warmup, max_steps)
 
     return multiplier
+
+
+def warmup_cosine_optimization(
+    module: L.LightningModule,
+    params: Iterable[torch.nn.Parameter],
+    optimizer_factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None,
+    warmup_steps: int,
+    default_lr: float,
+) -> dict[str, Any]:
+    """``configure_optimizers``' answer for a dense stage: the factory's optimizer (default
+    AdamW at ``default_lr``, weight decay 1e-4) on ``params``, stepped by
+    :func:`warmup_cosine_within_budget` over the trainer's estimated steps (the warm-up at
+    most half of them)."""
+    params = list(params)
+    if optimizer_factory is None:
+        optimizer = torch.optim.AdamW(params, lr=default_lr, weight_decay=1e-4)
+    else:
+        optimizer = optimizer_factory(params)
+    trainer = module.trainer
+    total = max(int(trainer.estimated_stepping_batches), 1)
+    warmup = min(warmup_steps, total // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine_within_budget(trainer, warmup, total)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

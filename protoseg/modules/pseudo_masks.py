@@ -109,11 +109,21 @@ def refine_outlines_locally(density: np.ndarray, mask: np.ndarray, pad: int = 6)
     return refined
 
 
-def binary_to_instances(mask: np.ndarray, min_distance: int = 5) -> np.ndarray:
+def binary_to_instances(
+    mask: np.ndarray,
+    min_distance: int = 5,
+    centres: np.ndarray | None = None,
+    centre_offset: float = 0.25,
+) -> np.ndarray:
     """Splits touching nuclei of a binary mask by a watershed on its distance transform.
 
     Each connected component gets at least one marker (its distance maximum); further peaks
-    at least ``min_distance`` px apart split clumps. Returns (H, W) int32 ids 1..N.
+    at least ``min_distance`` px apart split clumps. With ``centres`` (a nucleus-centre
+    heatmap in [0, 1] of the mask's shape, e.g. from
+    :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule`) the landscape
+    is the smoothed distance times ``centre_offset + centres`` (also smoothed by 1 px):
+    its peaks move to where the detector sees centres and its basins' borders to where it
+    sees none, while the distance keeps them inside the mask. Returns (H, W) int32 ids 1..N.
     """
     mask = mask.astype(bool)
     components, count = ndi.label(mask)
@@ -122,6 +132,10 @@ def binary_to_instances(mask: np.ndarray, min_distance: int = 5) -> np.ndarray:
     distance = ndi.distance_transform_edt(mask)
     # Smoothing the distance map stops ragged outlines from seeding spurious splits.
     smooth = ndi.gaussian_filter(distance, sigma=1.0)
+    if centres is not None:
+        if centres.shape != mask.shape:
+            raise ValueError(f"centres {centres.shape} and mask {mask.shape} differ in shape")
+        smooth = smooth * (centre_offset + ndi.gaussian_filter(centres.astype(np.float64), 1.0))
     peaks = peak_local_max(
         smooth, min_distance=max(min_distance, 1), labels=components, exclude_border=False
     )

@@ -99,3 +99,21 @@ def test_local_refinement_drops_objects_without_stain_and_splits_clumps() -> Non
         refine_outlines_locally(density, mask[:-1])
     with pytest.raises(ValueError, match="pad"):
         refine_outlines_locally(density, mask, pad=-1)
+
+
+def test_centre_heatmap_cuts_a_clump_the_distance_alone_keeps_whole() -> None:
+    rows, cols = np.mgrid[:40, :60]
+    centres = [(20, 25), (20, 34)]
+    mask = np.zeros((40, 60), dtype=bool)
+    heat = np.zeros((40, 60))
+    for cy, cx in centres:
+        mask |= (rows - cy) ** 2 + (cols - cx) ** 2 <= 9**2
+        heat = np.maximum(heat, np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / 8.0))
+    assert binary_to_instances(mask, min_distance=7).max() == 1
+    split = binary_to_instances(mask, min_distance=7, centres=heat, centre_offset=0.25)
+    assert split.max() == 2
+    assert split[20, 25] != split[20, 34]
+    # The cut falls between the two centres.
+    assert split[20, 27] == split[20, 25] and split[20, 32] == split[20, 34]
+    with pytest.raises(ValueError, match="shape"):
+        binary_to_instances(mask, centres=heat[:10])
