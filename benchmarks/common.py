@@ -226,8 +226,8 @@ def chain_figures(
     """
     head = chain["segment"]
     keys = ("stage_seconds", "pseudo_seconds", "detector_seconds", "segment_seconds")
-    seconds = [chain.get(k, 0.0) for k in keys]
-    detector = chain.get("detector")
+    seconds = [chain[k] for k in keys]
+    detector = chain["detector"]
     detector_figures = {}
     if detector is not None:
         detector_figures["detector"] = {

@@ -33,10 +33,11 @@ from protoseg.metrics.detection import DetectionMetrics
 from protoseg.modules.centres import (
     centre_focal_loss,
     centre_heatmap_target,
+    centre_heatmaps,
     heatmap_peaks,
-    instance_centroids,
 )
-from protoseg.modules.tiling import predict_tiled
+from protoseg.modules.psm import cell_points
+from protoseg.modules.tiling import predict_tiled_net
 
 
 def points_to_discs(points: np.ndarray, shape: tuple[int, int], radius: int = 2) -> np.ndarray:
@@ -122,14 +123,13 @@ class CentreDetectorModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Centre logits (B, 1, H, W) for images (B, 3, H, W) of any size."""
-        stride = getattr(self.net, "output_stride", 32)
-        return predict_tiled(
-            self.net, images, self.hparams.tile_size, self.hparams.tile_overlap, stride
+        return predict_tiled_net(
+            self.net, images, self.hparams.tile_size, self.hparams.tile_overlap
         )
 
     def heatmaps(self, images: torch.Tensor) -> np.ndarray:
         """Centre heatmaps (B, H, W) float32 in [0, 1]."""
-        return self(images).float().sigmoid()[:, 0].cpu().numpy()
+        return centre_heatmaps(self.net, images, self.hparams.tile_size, self.hparams.tile_overlap)
 
     def _targets(self, instances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
@@ -159,9 +159,10 @@ class CentreDetectorModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         peaks = self._peaks(batch["image"])
-        truth = [instance_centroids(m) for m in batch["instances"].cpu().numpy()]
+        # cell_points gives (x, y): the peaks' (row, col) are turned to match.
+        truth = [cell_points(m) for m in batch["instances"].cpu().numpy()]
         self.val_metrics.update(
-            [torch.from_numpy(p.astype(np.float64)) for p in peaks],
+            [torch.from_numpy(p[:, ::-1].astype(np.float64)) for p in peaks],
             [torch.from_numpy(t) for t in truth],
         )
         if batch_idx < self.hparams.num_log_images:

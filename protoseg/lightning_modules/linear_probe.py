@@ -29,7 +29,7 @@ from protoseg.lightning_modules.evaluation import (
     update_metrics,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
-from protoseg.lightning_modules.time_budget import warmup_cosine_within_budget
+from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics import NucleiMetrics
 from protoseg.modules.backbones import TimmBackbone
 from protoseg.modules.linear_probe import (
@@ -150,16 +150,6 @@ class LinearProbeModule(L.LightningModule):
         return prediction_items(batch, self.predict_instances(batch["image"])[0])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = list(self.head.parameters())
-        if self.optimizer_factory is None:
-            optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
-        else:
-            optimizer = self.optimizer_factory(params)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine_within_budget(self.trainer, 0, total)
+        return warmup_cosine_optimization(
+            self, self.head.parameters(), self.optimizer_factory, 0, 1e-2, default_weight_decay=0.0
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -22,10 +22,11 @@ from protoseg.lightning_modules.evaluation import (
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics import NucleiMetrics
+from protoseg.modules.centres import centre_heatmaps
 from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess import drop_unsure_objects, three_class_to_instances
 from protoseg.modules.pseudo_masks import binary_to_instances, clean_binary
-from protoseg.modules.tiling import predict_tiled
+from protoseg.modules.tiling import predict_tiled_net
 
 Batch = dict[str, Any]
 
@@ -154,9 +155,8 @@ class SegmentationModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, 3, H, W) for images (B, 3, H, W) of any size."""
-        stride = getattr(self.net, "output_stride", 32)
-        return predict_tiled(
-            self.net, images, self.hparams.tile_size, self.hparams.tile_overlap, stride
+        return predict_tiled_net(
+            self.net, images, self.hparams.tile_size, self.hparams.tile_overlap
         )
 
     def setup(self, stage: str) -> None:
@@ -176,9 +176,7 @@ class SegmentationModule(L.LightningModule):
         if self.centre_net is None:
             return None
         hp = self.hparams
-        stride = getattr(self.centre_net, "output_stride", 32)
-        logits = predict_tiled(self.centre_net, images, hp.tile_size, hp.tile_overlap, stride)
-        return logits.float().sigmoid()[:, 0].cpu().numpy()
+        return centre_heatmaps(self.centre_net, images, hp.tile_size, hp.tile_overlap)
 
     def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
         """Instance maps, one (H, W) int32 array per image of (B, 3, H, W)."""

@@ -82,14 +82,15 @@ def warmup_cosine_optimization(
     optimizer_factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None,
     warmup_steps: int,
     default_lr: float,
+    default_weight_decay: float = 1e-4,
 ) -> dict[str, Any]:
     """``configure_optimizers``' answer for a dense stage: the factory's optimizer (default
-    AdamW at ``default_lr``, weight decay 1e-4) on ``params``, stepped by
+    AdamW at ``default_lr`` and ``default_weight_decay``) on ``params``, stepped by
     :func:`warmup_cosine_within_budget` over the trainer's estimated steps (the warm-up at
     most half of them)."""
     params = list(params)
     if optimizer_factory is None:
-        optimizer = torch.optim.AdamW(params, lr=default_lr, weight_decay=1e-4)
+        optimizer = torch.optim.AdamW(params, lr=default_lr, weight_decay=default_weight_decay)
     else:
         optimizer = optimizer_factory(params)
     trainer = module.trainer

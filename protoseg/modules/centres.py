@@ -17,6 +17,8 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 
+from protoseg.modules.tiling import predict_tiled_net
+
 
 def centre_heatmap_target(
     instances: np.ndarray,
@@ -117,11 +119,10 @@ def heatmap_peaks(heat: np.ndarray, threshold: float = 0.3, min_distance: int = 
     )
 
 
-def instance_centroids(instances: np.ndarray) -> np.ndarray:
-    """(N, 2) (row, col) centroids of the objects of an instance map."""
-    instances = np.asarray(instances)
-    ids = np.unique(instances)
-    ids = ids[ids > 0]
-    if len(ids) == 0:
-        return np.zeros((0, 2), dtype=np.float64)
-    return np.asarray(ndi.center_of_mass(np.ones(instances.shape), instances, ids))
+def centre_heatmaps(
+    net: torch.nn.Module, images: torch.Tensor, tile_size: int, tile_overlap: int
+) -> np.ndarray:
+    """A centre detector's heatmaps (B, H, W) float32 in [0, 1] for images (B, 3, H, W),
+    tiled as :func:`~protoseg.modules.tiling.predict_tiled_net` does."""
+    logits = predict_tiled_net(net, images, tile_size, tile_overlap)
+    return logits.float().sigmoid()[:, 0].cpu().numpy()

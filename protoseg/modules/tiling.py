@@ -94,3 +94,10 @@ def predict_tiled(
             weight[top : top + tile_h, left : left + tile_w] += window
     assert output is not None
     return (output / weight)[..., :height, :width]
+
+
+def predict_tiled_net(
+    net: torch.nn.Module, images: torch.Tensor, tile_size: int = 1024, overlap: int = 128
+) -> torch.Tensor:
+    """:func:`predict_tiled` of a network, padded to its ``output_stride`` (32 if unset)."""
+    return predict_tiled(net, images, tile_size, overlap, getattr(net, "output_stride", 32))

@@ -10,8 +10,8 @@ from protoseg.modules.centres import (
     centre_focal_loss,
     centre_heatmap_target,
     heatmap_peaks,
-    instance_centroids,
 )
+from protoseg.modules.psm import cell_points
 
 
 def disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
@@ -81,5 +81,6 @@ def test_peaks_and_centroids() -> None:
     assert sorted(map(tuple, peaks.tolist())) == [(5, 6), (20, 21)]
     instances = np.zeros((10, 10), dtype=np.int32)
     instances[2:5, 2:5], instances[6:8, 6:10] = 3, 7
-    np.testing.assert_allclose(instance_centroids(instances), [[3.0, 3.0], [6.5, 7.5]])
-    assert instance_centroids(np.zeros((4, 4), dtype=np.int32)).shape == (0, 2)
+    # The detector's validation scores peaks against these centroids, as (x, y).
+    np.testing.assert_allclose(cell_points(instances), [[3.0, 3.0], [7.5, 6.5]])
+    assert cell_points(np.zeros((4, 4), dtype=np.int32)).shape == (0, 2)
