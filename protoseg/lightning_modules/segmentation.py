@@ -40,7 +40,12 @@ def load_centre_weights(net: nn.Module, path: str | None) -> None:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: centre detector checkpoint not found (centre_weights)")
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: pickle, zip or torch errors
+        raise ValueError(f"{file}: not a readable torch checkpoint: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{file}: holds a {type(state).__name__}, not a checkpoint or state dict")
     if "state_dict" in state:  # a Lightning checkpoint: the detector module's ``net.*``
         state = state["state_dict"]
         state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}

@@ -114,5 +114,13 @@ def test_head_without_detector_weights_names_the_problem(
     )
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         short_trainer(tmp_path).fit(head, datamodule=tiny_data(tiny_monuseg_root))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.ckpt: not a readable torch checkpoint"):
+        load_centre_weights(tiny_net(1), str(corrupt))
+    foreign = tmp_path / "list.pt"
+    torch.save([1, 2], foreign)
+    with pytest.raises(ValueError, match="list.pt: holds a list"):
+        load_centre_weights(tiny_net(1), str(foreign))
     with pytest.raises(ValueError, match="instance_split: distance"):
         SegmentationModule(net=tiny_net(3), centre_net=tiny_net(1))
