@@ -33,8 +33,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CPU_LIMIT_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")
+"""Environment variables that change how fast the same CPU runs a benchmark."""
+
+
 def machine_info() -> dict[str, Any]:
-    """CPU model and core count, memory, GPU model (if any), library versions."""
+    """CPU model and core count, memory, GPU model (if any), library versions, and the
+    :data:`CPU_LIMIT_VARIABLES` that are set (e.g. oneDNN held to AVX2 to time an older CPU)."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -44,6 +49,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "cpu_limits": {k: os.environ[k] for k in CPU_LIMIT_VARIABLES if k in os.environ},
     }
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

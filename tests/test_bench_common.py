@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import ROOT, source_state, write_result
+from benchmarks.common import (
+    CPU_LIMIT_VARIABLES,
+    ROOT,
+    machine_info,
+    source_state,
+    write_result,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -66,3 +72,11 @@ def test_write_result_records_this_checkout(tmp_path: Path) -> None:
     assert record["source"]["commit"] == source_state(ROOT)["commit"]
     assert {"command", "date", "machine"} <= set(record)
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_machine_info_records_cpu_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CPU_LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert machine_info()["cpu_limits"] == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert machine_info()["cpu_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
