@@ -30,6 +30,7 @@ from protoseg.lightning_modules.evaluation import (
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics.detection import DetectionMetrics
+from protoseg.modules.centre_votes import centre_offset_loss, centre_offset_target
 from protoseg.modules.centres import (
     centre_focal_loss,
     centre_heatmap_target,
@@ -51,17 +52,18 @@ def points_to_discs(points: np.ndarray, shape: tuple[int, int], radius: int = 2)
 
 
 def start_at_prior(net: nn.Module, prior: float = 0.1) -> None:
-    """Sets the bias of ``net``'s last convolution, when it has one output channel, so that
-    the heatmap starts at ``prior`` everywhere (CenterNet's start: the loss of the many
-    background pixels does not swamp the first steps)."""
+    """Sets the bias of ``net``'s last convolution so that the heatmap (channel 0) starts at
+    ``prior`` everywhere (CenterNet's start: the loss of the many background pixels does not
+    swamp the first steps) and any offset channels at 0."""
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    if convs and convs[-1].out_channels == 1 and convs[-1].bias is not None:
+    if convs and convs[-1].bias is not None:
         with torch.no_grad():
-            convs[-1].bias.fill_(float(np.log(prior / (1.0 - prior))))
+            convs[-1].bias.zero_()
+            convs[-1].bias[0] = float(np.log(prior / (1.0 - prior)))
 
 
 class CentreDetectorModule(L.LightningModule):
-    """Trains a one-channel dense network on centre heatmaps of (pseudo) instance maps.
+    """Trains a dense network on centre heatmaps (and offsets) of (pseudo) instance maps.
 
     Training batches need ``image`` (B, 3, h, w) and ``instances`` (B, h, w) — the crops of
     :class:`~protoseg.datamodules.monuseg.MoNuSegDataModule`, on pseudo masks or true labels;
@@ -71,8 +73,10 @@ class CentreDetectorModule(L.LightningModule):
     writes one small disc per detected centre.
 
     Args:
-        net: dense network mapping (B, 3, H, W) to one logit map (B, 1, H, W); e.g.
-            :class:`~protoseg.modules.networks.UNet` with ``num_classes: 1``.
+        net: dense network mapping (B, 3, H, W) to a heatmap logit (B, 1, H, W), or with
+            ``offset_weight`` > 0 to (B, 3, H, W): heatmap logit and the (row, col) offset to
+            the nucleus's centre (:mod:`~protoseg.modules.centre_votes`); e.g.
+            :class:`~protoseg.modules.networks.UNet` with ``num_classes: 1`` or ``3``.
         optimizer: optimizer factory taking the parameters; default AdamW(lr=2e-3,
             weight_decay=1e-4).
         warmup_steps: linear learning-rate warm-up before the cosine
@@ -82,6 +86,10 @@ class CentreDetectorModule(L.LightningModule):
             the others (fused clumps) are left out of the loss.
         min_area: smaller pseudo objects are left out of the loss, px.
         ignore_pad: px around a left-out object also left out.
+        offset_weight: weight of the offset regression
+            (:func:`~protoseg.modules.centre_votes.centre_offset_loss`, on the pixels of
+            the convex pseudo nuclei) beside the heatmap's focal loss; 0 trains the heatmap
+            alone. Validation scores the heatmap's peaks only (votes need a foreground).
         peak_threshold: heatmap value above which a local maximum is a detection.
         min_distance: smallest distance between two detections, px.
         radius: largest distance of a matched detection (validation), px.
@@ -100,6 +108,7 @@ class CentreDetectorModule(L.LightningModule):
         min_solidity: float = 0.9,
         min_area: int = 20,
         ignore_pad: int = 2,
+        offset_weight: float = 0.0,
         peak_threshold: float = 0.3,
         min_distance: int = 3,
         radius: float = 6.0,
@@ -115,6 +124,8 @@ class CentreDetectorModule(L.LightningModule):
             )
         if not 0.0 < peak_threshold < 1.0:
             raise ValueError(f"peak_threshold must be in (0, 1), got {peak_threshold}")
+        if offset_weight < 0:
+            raise ValueError(f"offset_weight must be >= 0, got {offset_weight}")
         save_init_hyperparameters(self)
         self.net = net
         start_at_prior(net)
@@ -149,9 +160,28 @@ class CentreDetectorModule(L.LightningModule):
             )
         images = batch["image"].contiguous(memory_format=torch.channels_last)
         heat, weight = self._targets(batch["instances"])
-        loss = centre_focal_loss(self.net(images).float(), heat, weight)
+        outputs = self.net(images).float()
+        loss = centre_focal_loss(outputs[:, :1], heat, weight)
+        if self.hparams.offset_weight > 0:
+            if outputs.shape[1] != 3:
+                raise ValueError(
+                    f"offset_weight > 0 needs a net with 3 outputs (heatmap, row and col "
+                    f"offsets), got {outputs.shape[1]}"
+                )
+            offset_loss = self._offset_loss(outputs[:, 1:], batch["instances"])
+            self.log("train/offset_loss", offset_loss, batch_size=images.shape[0])
+            loss = loss + self.hparams.offset_weight * offset_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
+
+    def _offset_loss(self, predicted: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+        hp = self.hparams
+        pairs = [
+            centre_offset_target(m, hp.min_solidity, hp.min_area) for m in instances.cpu().numpy()
+        ]
+        target = torch.from_numpy(np.stack([o for o, _ in pairs])).to(self.device)
+        weight = torch.from_numpy(np.stack([w for _, w in pairs]))[:, None].to(self.device)
+        return centre_offset_loss(predicted, target, weight)
 
     def _peaks(self, images: torch.Tensor) -> list[np.ndarray]:
         hp = self.hparams

@@ -11,6 +11,8 @@ distance split where the nuclei of a fused clump sit
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy import ndimage as ndi
@@ -18,6 +20,35 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 
 from protoseg.modules.tiling import predict_tiled_net
+
+
+def single_nuclei(
+    instances: np.ndarray,
+    min_solidity: float = 0.9,
+    min_area: int = 20,
+    ignore_border: bool = True,
+) -> tuple[list[Any], np.ndarray]:
+    """The objects of an instance map taken as single nuclei, and where the others lie.
+
+    An object is a single nucleus when it has at least ``min_area`` px and ``min_solidity``
+    (area over convex-hull area) and, with ``ignore_border``, does not touch the map's edge
+    (a crop's view of it is not its shape). Returns their regions and an (H, W) bool mask of
+    every other object (fused clumps, fragments, cut objects): what the targets leave out.
+    """
+    instances = np.asarray(instances)
+    if instances.ndim != 2:
+        raise ValueError(f"expected an (H, W) instance map, got shape {instances.shape}")
+    height, width = instances.shape
+    singles: list[Any] = []  # skimage RegionProperties
+    others = np.zeros((height, width), dtype=bool)
+    for region in regionprops(instances.astype(np.int64)):
+        y0, x0, y1, x1 = region.bbox
+        cut = ignore_border and (y0 == 0 or x0 == 0 or y1 == height or x1 == width)
+        if cut or region.area < min_area or region.solidity < min_solidity:
+            others[region.slice] |= instances[region.slice] == region.label
+        else:
+            singles.append(region)
+    return singles, others
 
 
 def centre_heatmap_target(
@@ -47,21 +78,13 @@ def centre_heatmap_target(
     Returns:
         ``(heat, weight)``: (H, W) float32 each; ``heat`` in [0, 1] with 1 only at centres.
     """
-    instances = np.asarray(instances)
-    if instances.ndim != 2:
-        raise ValueError(f"expected an (H, W) instance map, got shape {instances.shape}")
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    height, width = instances.shape
+    singles, ignore = single_nuclei(instances, min_solidity, min_area, ignore_border)
+    height, width = ignore.shape
     heat = np.zeros((height, width), dtype=np.float32)
-    ignore = np.zeros((height, width), dtype=bool)
     radius = int(np.ceil(4 * sigma))
-    for region in regionprops(instances.astype(np.int64)):
-        y0, x0, y1, x1 = region.bbox
-        cut = ignore_border and (y0 == 0 or x0 == 0 or y1 == height or x1 == width)
-        if cut or region.area < min_area or region.solidity < min_solidity:
-            ignore[region.slice] |= instances[region.slice] == region.label
-            continue
+    for region in singles:
         cy, cx = region.centroid
         iy, ix = int(round(cy)), int(round(cx))
         ys = slice(max(iy - radius, 0), min(iy + radius + 1, height))
@@ -119,10 +142,21 @@ def heatmap_peaks(heat: np.ndarray, threshold: float = 0.3, min_distance: int = 
     )
 
 
+def centre_maps(
+    net: torch.nn.Module, images: torch.Tensor, tile_size: int, tile_overlap: int
+) -> np.ndarray:
+    """A centre detector's outputs (B, C, H, W) float32 for images (B, 3, H, W), tiled as
+    :func:`~protoseg.modules.tiling.predict_tiled_net` does: channel 0 the heatmap in
+    [0, 1], any further channels (centre offsets, :mod:`~protoseg.modules.centre_votes`) as
+    the network gives them."""
+    maps = predict_tiled_net(net, images, tile_size, tile_overlap).float()
+    maps[:, :1] = maps[:, :1].sigmoid()
+    return maps.cpu().numpy()
+
+
 def centre_heatmaps(
     net: torch.nn.Module, images: torch.Tensor, tile_size: int, tile_overlap: int
 ) -> np.ndarray:
-    """A centre detector's heatmaps (B, H, W) float32 in [0, 1] for images (B, 3, H, W),
-    tiled as :func:`~protoseg.modules.tiling.predict_tiled_net` does."""
-    logits = predict_tiled_net(net, images, tile_size, tile_overlap)
-    return logits.float().sigmoid()[:, 0].cpu().numpy()
+    """A centre detector's heatmaps (B, H, W) float32 in [0, 1] (channel 0 of
+    :func:`centre_maps`)."""
+    return centre_maps(net, images, tile_size, tile_overlap)[:, 0]

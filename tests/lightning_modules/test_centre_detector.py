@@ -41,6 +41,19 @@ def short_trainer(root_dir: Path, steps: int = 1) -> L.Trainer:
     )
 
 
+def reading_head(centre_net: UNet, weights: Path, centre_votes: bool = False) -> SegmentationModule:
+    """A tiny head whose distance split reads the detector saved at ``weights``."""
+    return SegmentationModule(
+        net=tiny_net(3),
+        centre_net=centre_net,
+        centre_weights=str(weights),
+        centre_votes=centre_votes,
+        instance_split="distance",
+        tile_size=64,
+        tile_overlap=16,
+    )
+
+
 def test_detector_fit_validate_predict(tiny_monuseg_root: Path) -> None:
     L.seed_everything(0)
     model = CentreDetectorModule(tiny_net(1), tile_size=64, tile_overlap=16)
@@ -75,22 +88,16 @@ def test_head_reads_the_frozen_detector(tiny_monuseg_root: Path, tmp_path: Path)
     weights = tmp_path / "det.ckpt"
     trainer.save_checkpoint(weights)
 
-    head = SegmentationModule(
-        net=tiny_net(3),
-        centre_net=tiny_net(1),
-        centre_weights=str(weights),
-        instance_split="distance",
-        tile_size=64,
-        tile_overlap=16,
-    )
+    head = reading_head(tiny_net(1), weights)
     short_trainer(tmp_path / "head", steps=2).fit(head, datamodule=tiny_data(tiny_monuseg_root))
     for key, value in detector.net.state_dict().items():
         torch.testing.assert_close(head.centre_net.state_dict()[key], value)
     assert not head.centre_net.training and head.net.training
     head.eval()
     images = torch.rand(1, 3, 64, 64)
-    heat = head.centre_heatmaps(images)
-    np.testing.assert_allclose(heat, detector.eval().heatmaps(images), atol=1e-6)
+    maps = head.centre_maps(images)
+    assert maps is not None and maps.shape == (1, 1, 64, 64)
+    np.testing.assert_allclose(maps[:, 0], detector.eval().heatmaps(images), atol=1e-6)
     assert head.predict_instances(images)[0].shape == (64, 64)
     # A plain state dict of the network loads too.
     plain = tmp_path / "plain.pt"
@@ -124,3 +131,53 @@ def test_head_without_detector_weights_names_the_problem(
         load_centre_weights(tiny_net(1), str(foreign))
     with pytest.raises(ValueError, match="instance_split: distance"):
         SegmentationModule(net=tiny_net(3), centre_net=tiny_net(1))
+
+
+def test_detector_with_offsets_feeds_votes_to_the_head(
+    tiny_monuseg_root: Path, tmp_path: Path
+) -> None:
+    L.seed_everything(0)
+    detector = CentreDetectorModule(tiny_net(3), offset_weight=1.0, tile_size=64, tile_overlap=16)
+    bias = [m for m in detector.net.modules() if isinstance(m, torch.nn.Conv2d)][-1].bias
+    assert bias[0] < -2.0 and torch.all(bias[1:] == 0)
+    data = tiny_data(tiny_monuseg_root)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    outputs = detector.net(batch["image"])
+    # The offset term is in the loss: the loss with it exceeds the heatmap's alone.
+    with_offsets = detector.training_step(batch, 0)
+    detector.hparams.offset_weight = 0.0
+    heat_only = detector.training_step(batch, 0)
+    assert outputs.shape[1] == 3 and float(with_offsets.detach()) > float(heat_only.detach()) > 0
+    detector.hparams.offset_weight = 1.0
+    trainer = short_trainer(tmp_path / "det", steps=2)
+    trainer.fit(detector, datamodule=data)
+    weights = tmp_path / "det.ckpt"
+    trainer.save_checkpoint(weights)
+
+    head = reading_head(tiny_net(3), weights, centre_votes=True)
+    short_trainer(tmp_path / "head", steps=1).fit(head, datamodule=tiny_data(tiny_monuseg_root))
+    head.eval()
+    images = torch.rand(1, 3, 64, 64)
+    maps = head.centre_maps(images)
+    assert maps is not None and maps.shape == (1, 3, 64, 64)
+    assert maps[:, 0].min() >= 0.0 and maps[:, 0].max() <= 1.0
+    assert head.predict_instances(images)[0].shape == (64, 64)
+
+
+def test_offsets_and_votes_name_their_problems() -> None:
+    with pytest.raises(ValueError, match="offset_weight must be >= 0"):
+        CentreDetectorModule(tiny_net(3), offset_weight=-1.0)
+    one_output = CentreDetectorModule(tiny_net(1), offset_weight=1.0)
+    batch = {"image": torch.rand(2, 3, 32, 32), "instances": torch.zeros(2, 32, 32)}
+    with pytest.raises(ValueError, match="3 outputs"):
+        one_output.training_step(batch, 0)
+    with pytest.raises(ValueError, match="set centre_net"):
+        SegmentationModule(net=tiny_net(3), centre_votes=True, instance_split="distance")
+    head = SegmentationModule(
+        net=tiny_net(3), centre_net=tiny_net(1), centre_votes=True, instance_split="distance"
+    )
+    probs = np.zeros((3, 16, 16), np.float32)
+    probs[1] = 1.0
+    with pytest.raises(ValueError, match="3 outputs"):
+        head._instances(probs, np.zeros((1, 16, 16), np.float32))
