@@ -30,12 +30,13 @@ from protoseg.lightning_modules.evaluation import (
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics.detection import DetectionMetrics
-from protoseg.modules.centre_votes import centre_offset_loss, centre_offset_target
+from protoseg.modules.centre_votes import centre_offset_loss, offsets_of_nuclei
 from protoseg.modules.centres import (
     centre_focal_loss,
-    centre_heatmap_target,
     centre_heatmaps,
+    heatmap_of_nuclei,
     heatmap_peaks,
+    single_nuclei,
 )
 from protoseg.modules.psm import cell_points
 from protoseg.modules.tiling import predict_tiled_net
@@ -142,15 +143,22 @@ class CentreDetectorModule(L.LightningModule):
         """Centre heatmaps (B, H, W) float32 in [0, 1]."""
         return centre_heatmaps(self.net, images, self.hparams.tile_size, self.hparams.tile_overlap)
 
-    def _targets(self, instances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _targets(self, instances: torch.Tensor) -> list[torch.Tensor]:
+        """Heatmap targets and weights (B, 1, h, w) and, with ``offset_weight`` > 0, offset
+        targets (B, 2, h, w) and weights (B, 1, h, w): each crop's nuclei are found once."""
         hp = self.hparams
-        pairs = [
-            centre_heatmap_target(m, hp.sigma, hp.min_solidity, hp.min_area, hp.ignore_pad)
-            for m in instances.cpu().numpy()
-        ]
-        heat = torch.from_numpy(np.stack([h for h, _ in pairs]))[:, None]
-        weight = torch.from_numpy(np.stack([w for _, w in pairs]))[:, None]
-        return heat.to(self.device), weight.to(self.device)
+        heats, weights, offsets, offset_weights = [], [], [], []
+        for m in instances.cpu().numpy():
+            singles, others = single_nuclei(m, hp.min_solidity, hp.min_area)
+            heat, weight = heatmap_of_nuclei(singles, others, hp.sigma, hp.ignore_pad)
+            heats.append(heat[None])
+            weights.append(weight[None])
+            if hp.offset_weight > 0:
+                offset, offset_weight = offsets_of_nuclei(singles, others.shape)
+                offsets.append(offset)
+                offset_weights.append(offset_weight[None])
+        batches = (heats, weights, offsets, offset_weights)
+        return [torch.from_numpy(np.stack(b)).to(self.device) for b in batches if b]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if "instances" not in batch:
@@ -159,7 +167,7 @@ class CentreDetectorModule(L.LightningModule):
                 "or a pseudo_mask_dir"
             )
         images = batch["image"].contiguous(memory_format=torch.channels_last)
-        heat, weight = self._targets(batch["instances"])
+        heat, weight, *offset_targets = self._targets(batch["instances"])
         outputs = self.net(images).float()
         loss = centre_focal_loss(outputs[:, :1], heat, weight)
         if self.hparams.offset_weight > 0:
@@ -168,20 +176,11 @@ class CentreDetectorModule(L.LightningModule):
                     f"offset_weight > 0 needs a net with 3 outputs (heatmap, row and col "
                     f"offsets), got {outputs.shape[1]}"
                 )
-            offset_loss = self._offset_loss(outputs[:, 1:], batch["instances"])
+            offset_loss = centre_offset_loss(outputs[:, 1:], *offset_targets)
             self.log("train/offset_loss", offset_loss, batch_size=images.shape[0])
             loss = loss + self.hparams.offset_weight * offset_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
-
-    def _offset_loss(self, predicted: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
-        hp = self.hparams
-        pairs = [
-            centre_offset_target(m, hp.min_solidity, hp.min_area) for m in instances.cpu().numpy()
-        ]
-        target = torch.from_numpy(np.stack([o for o, _ in pairs])).to(self.device)
-        weight = torch.from_numpy(np.stack([w for _, w in pairs]))[:, None].to(self.device)
-        return centre_offset_loss(predicted, target, weight)
 
     def _peaks(self, images: torch.Tensor) -> list[np.ndarray]:
         hp = self.hparams

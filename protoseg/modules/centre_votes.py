@@ -14,6 +14,8 @@ precision 0.56 (0.68).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy import ndimage as ndi
@@ -40,11 +42,19 @@ def centre_offset_target(
     Returns:
         ``(offsets, weight)``: (2, H, W) and (H, W), float32.
     """
+    singles, others = single_nuclei(instances, min_solidity, min_area, ignore_border)
+    return offsets_of_nuclei(singles, others.shape, scale)
+
+
+def offsets_of_nuclei(
+    singles: list[Any], shape: tuple[int, int], scale: float = OFFSET_SCALE
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`centre_offset_target` from the regions of
+    :func:`~protoseg.modules.centres.single_nuclei` in a map of ``shape``."""
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    singles, others = single_nuclei(instances, min_solidity, min_area, ignore_border)
-    offsets = np.zeros((2, *others.shape), dtype=np.float32)
-    weight = np.zeros(others.shape, dtype=np.float32)
+    offsets = np.zeros((2, *shape), dtype=np.float32)
+    weight = np.zeros(shape, dtype=np.float32)
     for region in singles:
         rows, cols = region.coords.T
         cy, cx = region.centroid

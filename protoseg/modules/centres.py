@@ -78,9 +78,18 @@ def centre_heatmap_target(
     Returns:
         ``(heat, weight)``: (H, W) float32 each; ``heat`` in [0, 1] with 1 only at centres.
     """
+    singles, others = single_nuclei(instances, min_solidity, min_area, ignore_border)
+    return heatmap_of_nuclei(singles, others, sigma, ignore_pad)
+
+
+def heatmap_of_nuclei(
+    singles: list[Any], others: np.ndarray, sigma: float = 2.0, ignore_pad: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`centre_heatmap_target` from :func:`single_nuclei`'s output, for callers that
+    build other targets from the same nuclei."""
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    singles, ignore = single_nuclei(instances, min_solidity, min_area, ignore_border)
+    ignore = others
     height, width = ignore.shape
     heat = np.zeros((height, width), dtype=np.float32)
     radius = int(np.ceil(4 * sigma))
