@@ -132,32 +132,42 @@ def _bridged_discs(size: int = 64) -> _GivenLogits:
     return _GivenLogits(logits)
 
 
+def _bridged_instances(split: str, threshold: float | list[float]) -> np.ndarray:
+    """The instances of :func:`_bridged_discs` at ``threshold``; min_distance is farther
+    than the discs' centres, so a connected pair stays one object."""
+    module = SegmentationModule(
+        _bridged_discs(),
+        tile_size=64,
+        tile_overlap=0,
+        instance_split=split,
+        min_distance=40,
+        foreground_threshold=threshold,
+    )
+    return module.predict_instances(torch.zeros(1, 3, 64, 64))[0]
+
+
 @pytest.mark.parametrize("split", ["three_class", "distance"])
 def test_foreground_threshold_cuts_a_weak_bridge(split: str) -> None:
-    images = torch.zeros(1, 3, 64, 64)
-
-    def count(threshold: float) -> tuple[int, int]:
-        module = SegmentationModule(
-            _bridged_discs(),
-            tile_size=64,
-            tile_overlap=0,
-            instance_split=split,
-            # farther than the discs' centres: a connected pair stays one object
-            min_distance=40,
-            foreground_threshold=threshold,
-        )
-        (instances,) = module.predict_instances(images)
-        return int(instances.max()), int((instances > 0).sum())
-
-    (merged, merged_area), (apart, apart_area) = count(0.5), count(0.6)
-    assert merged == 1
-    assert apart == 2
+    merged, apart = _bridged_instances(split, 0.5), _bridged_instances(split, 0.6)
+    assert merged.max() == 1
+    assert apart.max() == 2
     # only the bar goes: the discs keep every pixel
     logits = _bridged_discs().logits[0].numpy()
     bar = int(((logits[1] > 0) & (logits[1] < 1)).sum())
-    assert merged_area - apart_area == bar
+    assert int((merged > 0).sum()) - int((apart > 0).sum()) == bar
     with pytest.raises(ValueError, match="foreground_threshold"):
         SegmentationModule(_bridged_discs(), foreground_threshold=1.0)
+
+
+@pytest.mark.parametrize("split", ["three_class", "distance"])
+def test_several_foreground_thresholds_keep_the_most_convex_split(split: str) -> None:
+    """At 0.5 the bar fuses the discs into a dumbbell; at 0.6 they stand apart, convex."""
+    apart = _bridged_instances(split, 0.6)
+    np.testing.assert_array_equal(_bridged_instances(split, [0.5, 0.6]), apart)
+    np.testing.assert_array_equal(_bridged_instances(split, [0.6, 0.5]), apart)
+    for bad in ([0.5, 1.0], []):
+        with pytest.raises(ValueError, match="foreground_threshold"):
+            SegmentationModule(_bridged_discs(), foreground_threshold=bad)
 
 
 @pytest.mark.parametrize("split", ["three_class", "distance"])

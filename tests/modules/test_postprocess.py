@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from skimage.draw import disk
+from skimage.morphology import convex_hull_image
 
 from protoseg.datamodules.targets import instances_to_three_class
-from protoseg.modules.postprocess import drop_unsure_objects, three_class_to_instances
+from protoseg.modules.postprocess import (
+    drop_unsure_objects,
+    most_convex_candidates,
+    three_class_to_instances,
+)
 
 
 def one_hot_probs(classes: np.ndarray) -> np.ndarray:
@@ -67,3 +72,49 @@ def test_drop_unsure_objects_keeps_objects_by_their_peak_probability() -> None:
     assert not empty.any()
     with pytest.raises(ValueError, match="differ in shape"):
         drop_unsure_objects(instances, foreground[:16], 0.99)
+
+
+def _objects(instances: np.ndarray) -> set[frozenset[int]]:
+    """The partition an instance map draws, independent of its ids."""
+    flat = instances.ravel()
+    return {frozenset(np.flatnonzero(flat == k).tolist()) for k in np.unique(flat) if k}
+
+
+def _weighted_solidity(instances: np.ndarray, piece: np.ndarray) -> float:
+    """Reference: area-weighted solidity of the objects inside ``piece``, hull by hand."""
+    ids = [k for k in np.unique(instances[piece]) if k]
+    areas = np.array([(instances == k).sum() for k in ids])
+    hulls = np.array([convex_hull_image(instances == k).sum() for k in ids])
+    return float(np.dot(areas, areas / hulls) / areas.sum())
+
+
+def test_most_convex_candidates_takes_each_piece_from_its_most_convex_split() -> None:
+    yy, xx = np.mgrid[:64, :96]
+    left = (yy - 32) ** 2 + (xx - 20) ** 2 < 81
+    right = (yy - 32) ** 2 + (xx - 34) ** 2 < 81
+    disc = (yy - 32) ** 2 + (xx - 72) ** 2 < 100
+    crescent = disc & ((yy - 32) ** 2 + (xx - 78) ** 2 >= 49)
+    # candidate A: the pair fused into one dumbbell, the lone disc whole
+    a = np.zeros((64, 96), np.int32)
+    a[left | right] = 1
+    a[disc] = 2
+    # candidate B: the pair cut at x = 27, the lone disc eaten into a crescent
+    b = np.zeros((64, 96), np.int32)
+    b[left & (xx < 27)] = 5
+    b[right & (xx >= 27)] = 7
+    b[crescent] = 3
+    pair_piece, disc_piece = (left | right), disc
+    assert _weighted_solidity(b, pair_piece) > _weighted_solidity(a, pair_piece)
+    assert _weighted_solidity(a, disc_piece) > _weighted_solidity(b, disc_piece)
+    out = most_convex_candidates([a, b])
+    expected = np.where(pair_piece, b, 0) + np.where(disc_piece, a, 0) * 10
+    assert _objects(out) == _objects(expected)
+    assert out.dtype == np.int32 and out.max() == 3
+    # the order of the candidates does not matter, and equal ones keep the first
+    assert _objects(most_convex_candidates([b, a])) == _objects(expected)
+    assert _objects(most_convex_candidates([a, a.copy()])) == _objects(a)
+    assert not most_convex_candidates([np.zeros((4, 4), np.int32)]).any()
+    with pytest.raises(ValueError, match="at least one"):
+        most_convex_candidates([])
+    with pytest.raises(ValueError, match="differ in shape"):
+        most_convex_candidates([a, b[:32]])
