@@ -94,7 +94,7 @@ class SegmentationModule(L.LightningModule):
             (:func:`~protoseg.modules.postprocess.most_convex_candidates`): on three PSM
             heads with the vote detector (30 training images, labels only scored), thresholds
             0.2 to 0.95 against 0.6 alone lifted AJI 0.492 -> 0.506, 0.491 -> 0.508 and
-            0.497 -> 0.511, object Dice by 0.012-0.015, PQ by 0.004-0.013; each threshold
+            0.497 -> 0.511, object Dice by 0.012-0.015, PQ by 0.009-0.016; each threshold
             costs one more split per image (~0.5 s for 1000 x 1000 px).
         min_area: smallest nucleus kept, in px.
         min_peak_probability: when set, objects whose highest ``1 - p(background)`` stays
