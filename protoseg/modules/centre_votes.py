@@ -80,6 +80,17 @@ def centre_offset_loss(
     return (error * weight).sum() / (2 * weight.sum()).clamp(min=1.0)
 
 
+def vote_points(
+    rows: np.ndarray, cols: np.ndarray, offsets: np.ndarray, scale: float = OFFSET_SCALE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the pixels at (``rows``, ``cols``) vote: each position plus its offset
+    (``offsets`` (2, H, W) in units of ``scale`` px), rounded and clipped to the image."""
+    height, width = offsets.shape[1:]
+    to_rows = np.clip(np.rint(rows + offsets[0, rows, cols] * scale), 0, height - 1)
+    to_cols = np.clip(np.rint(cols + offsets[1, rows, cols] * scale), 0, width - 1)
+    return to_rows.astype(np.int64), to_cols.astype(np.int64)
+
+
 def vote_heatmap(
     foreground: np.ndarray,
     offsets: np.ndarray,
@@ -100,10 +111,38 @@ def vote_heatmap(
             f"offsets {offsets.shape} must be (2, H, W) for a foreground of {foreground.shape}"
         )
     height, width = foreground.shape
-    rows, cols = np.nonzero(foreground)
-    to_rows = np.clip(np.rint(rows + offsets[0, rows, cols] * scale), 0, height - 1)
-    to_cols = np.clip(np.rint(cols + offsets[1, rows, cols] * scale), 0, width - 1)
-    flat = to_rows.astype(np.int64) * width + to_cols.astype(np.int64)
+    to_rows, to_cols = vote_points(*np.nonzero(foreground), offsets, scale)
+    flat = to_rows * width + to_cols
     counts = np.bincount(flat, minlength=height * width).reshape(height, width)
     smooth = ndi.gaussian_filter(counts.astype(np.float64), sigma)
     return np.minimum(smooth / saturation, 1.0).astype(np.float32)
+
+
+def votes_inside(
+    instances: np.ndarray, offsets: np.ndarray, scale: float = OFFSET_SCALE
+) -> np.ndarray:
+    """Per object of an instance map, the share of its pixels whose vote lands inside it.
+
+    A whole nucleus keeps its votes: they point to its own centre. A half of a nucleus cut
+    across loses those of its pixels that point over the cut, and a fragment of a pale
+    nucleus's rim those that point into the hole it surrounds.
+
+    Args:
+        instances: (H, W) instance map, 0 = background.
+        offsets: (2, H, W) centre offsets in units of ``scale`` px.
+
+    Returns:
+        float64 array indexed by object id (length ``instances.max() + 1``; 0 where an id
+        is absent and for the background).
+    """
+    instances = np.asarray(instances)
+    if offsets.shape != (2, *instances.shape):
+        raise ValueError(
+            f"offsets {offsets.shape} must be (2, H, W) for instances of {instances.shape}"
+        )
+    rows, cols = np.nonzero(instances)
+    ids = instances[rows, cols].astype(np.int64)
+    to_rows, to_cols = vote_points(rows, cols, offsets, scale)
+    size = int(instances.max()) + 1 if instances.size else 1
+    kept = np.bincount(ids, instances[to_rows, to_cols] == ids, minlength=size)
+    return kept / np.maximum(np.bincount(ids, minlength=size), 1)

@@ -11,6 +11,7 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
 from protoseg.datamodules.targets import BACKGROUND, INSIDE
+from protoseg.modules.centre_votes import votes_inside
 
 
 def three_class_to_instances(
@@ -79,7 +80,9 @@ def drop_unsure_objects(
     return relabel_sequential(kept)[0].astype(np.int32)
 
 
-def most_convex_candidates(candidates: Sequence[np.ndarray]) -> np.ndarray:
+def most_convex_candidates(
+    candidates: Sequence[np.ndarray], offsets: np.ndarray | None = None
+) -> np.ndarray:
     """Per connected piece of foreground, the candidate instance map that cuts it into the
     most convex objects.
 
@@ -91,9 +94,20 @@ def most_convex_candidates(candidates: Sequence[np.ndarray]) -> np.ndarray:
     earlier candidate. An object belongs to the piece that holds it; a watershed object that
     is not connected belongs to the piece of its first pixel in raster order.
 
+    With a centre detector's ``offsets``, each object's solidity is multiplied by the square
+    root of the share of its pixels whose centre votes land inside it
+    (:func:`~protoseg.modules.centre_votes.votes_inside`). Solidity alone also rewards a
+    nucleus cut into two convex halves, or a pale one's rim broken into convex fragments;
+    their pixels vote across the cut or into the hole. On three PSM heads with the vote
+    detector (30 MoNuSeg training images, labels only scored) AJI rose 0.506 -> 0.510,
+    0.508 -> 0.510 and 0.511 -> 0.514, object Dice by 0.004-0.005, PQ by 0.008-0.009,
+    pixel Dice by 0.002-0.005. The share itself, not rooted, gave AJI +0.002 on each.
+
     Args:
         candidates: instance maps (H, W), 0 = background, of one image (e.g. one per
             foreground threshold).
+        offsets: (2, H, W) centre offsets of the image, in units of
+            :data:`~protoseg.modules.centre_votes.OFFSET_SCALE` px, or None.
 
     Returns:
         (H, W) int32 instance map, ids 1..N.
@@ -115,6 +129,8 @@ def most_convex_candidates(candidates: Sequence[np.ndarray]) -> np.ndarray:
             piece[labels] = [pieces[tuple(o.coords[0])] for o in objects]
             area = np.array([o.area for o in objects], dtype=np.float64)
             solidity = np.array([o.solidity for o in objects])
+            if offsets is not None:
+                solidity = solidity * np.sqrt(votes_inside(candidate, offsets)[labels])
             weighted = np.bincount(piece[labels], solidity * area, minlength=count + 1)
             total = np.bincount(piece[labels], area, minlength=count + 1)
             score = np.where(total > 0, weighted / np.maximum(total, 1.0), -1.0)

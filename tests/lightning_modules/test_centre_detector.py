@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
+from protoseg.lightning_modules import segmentation
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule, points_to_discs
 from protoseg.lightning_modules.segmentation import SegmentationModule, load_centre_weights
 from protoseg.modules.networks import UNet
@@ -163,6 +164,36 @@ def test_detector_with_offsets_feeds_votes_to_the_head(
     assert maps is not None and maps.shape == (1, 3, 64, 64)
     assert maps[:, 0].min() >= 0.0 and maps[:, 0].max() <= 1.0
     assert head.predict_instances(images)[0].shape == (64, 64)
+
+
+def test_votes_head_hands_the_offsets_to_the_per_piece_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    head = SegmentationModule(
+        net=tiny_net(3),
+        centre_net=tiny_net(3),
+        centre_votes=True,
+        instance_split="distance",
+        foreground_threshold=[0.3, 0.6],
+        min_area=4,
+    )
+    probs = np.zeros((3, 32, 32), np.float32)
+    probs[0] = 1.0
+    probs[0, 8:24, 8:24], probs[1, 8:24, 8:24] = 0.2, 0.8
+    maps = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    seen: list[np.ndarray | None] = []
+
+    def spy(candidates: list[np.ndarray], offsets: np.ndarray | None = None) -> np.ndarray:
+        seen.append(offsets)
+        return candidates[0]
+
+    monkeypatch.setattr(segmentation, "most_convex_candidates", spy)
+    head._instances(probs, maps)
+    assert len(seen) == 1 and seen[0] is not None
+    np.testing.assert_array_equal(seen[0], maps[1:])
+    head.hparams.centre_votes = False  # the heatmap alone: solidity alone chooses
+    head._instances(probs, maps)
+    assert len(seen) == 2 and seen[1] is None
 
 
 def test_offsets_and_votes_name_their_problems() -> None:

@@ -14,6 +14,7 @@ from protoseg.modules.centre_votes import (
     centre_offset_loss,
     centre_offset_target,
     vote_heatmap,
+    votes_inside,
 )
 
 
@@ -98,3 +99,21 @@ def test_true_offsets_of_two_touching_nuclei_vote_two_peaks() -> None:
 def test_votes_name_a_shape_mismatch() -> None:
     with pytest.raises(ValueError, match=r"offsets \(2, 4, 4\)"):
         vote_heatmap(np.ones((5, 5), bool), np.zeros((2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"offsets \(2, 4, 4\)"):
+        votes_inside(np.ones((5, 5), np.int32), np.zeros((2, 4, 4), np.float32))
+
+
+def test_votes_inside_matches_a_pixel_by_pixel_reference() -> None:
+    rng = np.random.default_rng(0)
+    instances = rng.integers(0, 4, size=(9, 11)).astype(np.int32)
+    instances[instances == 2] = 0  # an absent id
+    offsets = rng.normal(0.0, 0.3, size=(2, 9, 11)).astype(np.float32)
+    share = votes_inside(instances, offsets)
+    assert share.shape == (4,) and share[0] == 0.0 and share[2] == 0.0
+    for k in (1, 3):
+        hits = []
+        for r, c in zip(*np.nonzero(instances == k), strict=True):
+            tr = min(max(round(float(r + offsets[0, r, c] * OFFSET_SCALE)), 0), 8)
+            tc = min(max(round(float(c + offsets[1, r, c] * OFFSET_SCALE)), 0), 10)
+            hits.append(instances[tr, tc] == k)
+        assert share[k] == pytest.approx(np.mean(hits))

@@ -8,6 +8,7 @@ from skimage.draw import disk
 from skimage.morphology import convex_hull_image
 
 from protoseg.datamodules.targets import instances_to_three_class
+from protoseg.modules.centre_votes import OFFSET_SCALE
 from protoseg.modules.postprocess import (
     drop_unsure_objects,
     most_convex_candidates,
@@ -118,3 +119,20 @@ def test_most_convex_candidates_takes_each_piece_from_its_most_convex_split() ->
         most_convex_candidates([])
     with pytest.raises(ValueError, match="differ in shape"):
         most_convex_candidates([a, b[:32]])
+
+
+def test_votes_keep_a_nucleus_whole_that_solidity_alone_would_halve() -> None:
+    square = np.zeros((24, 24), np.int32)
+    square[4:20, 4:20] = 1
+    halves = square.copy()
+    halves[4:20, 12:20] = 2
+    # both splits are fully convex: solidity ties and keeps the first, the halves
+    assert _objects(most_convex_candidates([halves, square])) == _objects(halves)
+    rows, cols = np.mgrid[:24, :24].astype(np.float32)
+    offsets = np.stack([11.5 - rows, 11.5 - cols]) / OFFSET_SCALE  # every pixel to the centre
+    out = most_convex_candidates([halves, square], offsets)
+    assert _objects(out) == _objects(square)
+    # votes that stay in each half keep the halves
+    to_half_centres = np.stack([11.5 - rows, np.where(cols < 12, 7.5, 15.5) - cols])
+    out = most_convex_candidates([halves, square], to_half_centres / OFFSET_SCALE)
+    assert _objects(out) == _objects(halves)
