@@ -129,10 +129,10 @@ def most_convex_candidates(
         if len(objects):
             piece[labels] = [pieces[tuple(o.coords[0])] for o in objects]
             area = np.array([o.area for o in objects], dtype=np.float64)
-            solidity = np.array([o.solidity for o in objects])
+            merit = np.array([o.solidity for o in objects])
             if offsets is not None:
-                solidity = solidity * np.sqrt(votes_inside(candidate, offsets)[labels])
-            weighted = np.bincount(piece[labels], solidity * area, minlength=count + 1)
+                merit = merit * np.sqrt(votes_inside(candidate, offsets)[labels])
+            weighted = np.bincount(piece[labels], merit * area, minlength=count + 1)
             total = np.bincount(piece[labels], area, minlength=count + 1)
             score = np.where(total > 0, weighted / np.maximum(total, 1.0), -1.0)
             better = score > best_score
