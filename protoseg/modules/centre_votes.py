@@ -80,6 +80,12 @@ def centre_offset_loss(
     return (error * weight).sum() / (2 * weight.sum()).clamp(min=1.0)
 
 
+def _check_offsets(offsets: np.ndarray, shape: tuple[int, ...], of: str) -> None:
+    """Raises unless ``offsets`` is (2, H, W) for a map of ``shape`` (``of`` names it)."""
+    if offsets.shape != (2, *shape):
+        raise ValueError(f"offsets {offsets.shape} must be (2, H, W) for {of} of {shape}")
+
+
 def vote_points(
     rows: np.ndarray, cols: np.ndarray, offsets: np.ndarray, scale: float = OFFSET_SCALE
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +112,7 @@ def vote_heatmap(
     where a few pixels' votes gather already reads as a centre.
     """
     foreground = np.asarray(foreground, dtype=bool)
-    if offsets.shape != (2, *foreground.shape):
-        raise ValueError(
-            f"offsets {offsets.shape} must be (2, H, W) for a foreground of {foreground.shape}"
-        )
+    _check_offsets(offsets, foreground.shape, "a foreground")
     height, width = foreground.shape
     to_rows, to_cols = vote_points(*np.nonzero(foreground), offsets, scale)
     flat = to_rows * width + to_cols
@@ -136,10 +139,7 @@ def votes_inside(
         is absent and for the background).
     """
     instances = np.asarray(instances)
-    if offsets.shape != (2, *instances.shape):
-        raise ValueError(
-            f"offsets {offsets.shape} must be (2, H, W) for instances of {instances.shape}"
-        )
+    _check_offsets(offsets, instances.shape, "instances")
     rows, cols = np.nonzero(instances)
     ids = instances[rows, cols].astype(np.int64)
     to_rows, to_cols = vote_points(rows, cols, offsets, scale)
