@@ -29,6 +29,7 @@ from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess import (
     drop_unsure_objects,
     most_convex_candidates,
+    open_objects,
     three_class_to_instances,
 )
 from protoseg.modules.pseudo_masks import binary_to_instances, clean_binary
@@ -111,6 +112,11 @@ class SegmentationModule(L.LightningModule):
             boundaries; on the PSM chain the distance split lifts AJI on the 30 training
             images from 0.319 to 0.418 (labels only scored both).
         min_distance: smallest distance between two nucleus centres, px (``"distance"``).
+        outline_opening: when > 0, each object of the final map is opened by a disc of this
+            radius, px (:func:`~protoseg.modules.postprocess.open_objects`), trimming jagged
+            outlines and watershed slivers. At 3 px on four PSM head and detector pairs (30
+            training images, labels only scored): AJI +0.004 to +0.005, object Dice +0.003,
+            PQ +0.004 to +0.006.
         centre_net: a nucleus-centre detector's network (a heatmap logit first, e.g. the ``net`` of
             :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule`);
             its heatmap reshapes the distance split's landscape (``centre_offset`` +
@@ -149,6 +155,7 @@ class SegmentationModule(L.LightningModule):
         min_peak_probability: float | None = None,
         instance_split: str = "three_class",
         min_distance: int = 5,
+        outline_opening: int = 0,
         centre_net: nn.Module | None = None,
         centre_weights: str | None = None,
         centre_offset: float = 0.25,
@@ -179,6 +186,8 @@ class SegmentationModule(L.LightningModule):
             )
         if centre_net is not None and instance_split != "distance":
             raise ValueError("centre_net shapes the distance split: set instance_split: distance")
+        if outline_opening < 0:
+            raise ValueError(f"outline_opening must be >= 0, got {outline_opening}")
         if centre_offset <= 0:
             raise ValueError(f"centre_offset must be > 0, got {centre_offset}")
         if centre_votes and centre_net is None:
@@ -242,7 +251,8 @@ class SegmentationModule(L.LightningModule):
         detector, its outputs (C, H, W) (:meth:`centre_maps`)."""
         thresholds = _as_list(self.hparams.foreground_threshold)
         if len(thresholds) == 1:
-            return self._instances_at(probs, centre_maps, thresholds[0])
+            instances = self._instances_at(probs, centre_maps, thresholds[0])
+            return open_objects(instances, self.hparams.outline_opening)
         # scipy's and skimage's filters and watershed release the GIL: on 2 cores, threads
         # split the eight thresholds of a 1000 px image in 1.7 s rather than 2.8 s.
         with ThreadPoolExecutor(min(len(thresholds), torch.get_num_threads())) as pool:
@@ -250,7 +260,8 @@ class SegmentationModule(L.LightningModule):
                 pool.map(lambda t: self._instances_at(probs, centre_maps, t), thresholds)
             )
         offsets = centre_maps[1:] if self.hparams.centre_votes else None
-        return most_convex_candidates(candidates, offsets)
+        chosen = most_convex_candidates(candidates, offsets)
+        return open_objects(chosen, self.hparams.outline_opening)
 
     def _instances_at(
         self, probs: np.ndarray, centre_maps: np.ndarray | None, threshold: float

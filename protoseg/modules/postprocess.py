@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
-from skimage.morphology import remove_small_objects
+from skimage.morphology import disk, remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
 from protoseg.datamodules.targets import BACKGROUND, INSIDE
@@ -147,3 +147,42 @@ def most_convex_candidates(
         chosen[take] = candidate[take] + offset
         offset += int(candidate.max())
     return relabel_sequential(chosen)[0].astype(np.int32)
+
+
+def open_objects(instances: np.ndarray, radius: int) -> np.ndarray:
+    """Opens each object by a disc of ``radius`` px: ragged spurs and one-pixel bridges go.
+
+    A head trained on colour pseudo masks draws pale, speckled nuclei with jagged outlines,
+    and the watershed leaves thin slivers where it cuts. An opening of each object on its own
+    (neighbours never merge) trims them; objects narrower than the disc vanish, and a part
+    the opening cuts off keeps its object's id. On three PSM heads with the vote detector and
+    the first with a second detector seed (30 MoNuSeg training images, labels only scored),
+    a 3 px disc lifted AJI
+    0.510 -> 0.514, 0.510 -> 0.515, 0.514 -> 0.518 and 0.505 -> 0.509 (26-27 of 30 images
+    up), object Dice by 0.003, PQ by 0.004-0.006, pixel Dice by up to 0.002. A 4 px disc
+    gained at most 0.001 more AJI (0.0003 less on the fourth) for 0.001 less pixel Dice;
+    5 / 6 px fell below no opening. Beyond the image's edges is background: a nucleus the
+    edge cuts keeps its cut side but loses slivers narrower than the disc there (counting
+    the edges as object, scikit-image's convention, scored AJI 0.001 lower).
+
+    Args:
+        instances: (H, W) int instance map, 0 = background.
+        radius: the disc's radius, px; 0 returns the map as is.
+
+    Returns:
+        (H, W) int32 instance map, ids 1..N.
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if radius == 0:
+        return instances.astype(np.int32)
+    footprint = disk(radius)
+    opened = np.zeros(instances.shape, dtype=np.int64)
+    for label, box in enumerate(ndi.find_objects(instances), start=1):
+        if box is None:
+            continue
+        own = instances[box] == label
+        # Outside the box is background, the image's edges included: a sliver of a nucleus
+        # that the edge cuts goes like any part narrower than the disc.
+        opened[box][ndi.binary_opening(own, footprint)] = label
+    return relabel_sequential(opened)[0].astype(np.int32)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from skimage.draw import disk
-from skimage.morphology import convex_hull_image
+from skimage.morphology import convex_hull_image, opening
+from skimage.morphology import disk as footprint_disk
 
 from protoseg.datamodules.targets import instances_to_three_class
 from protoseg.modules.centre_votes import OFFSET_SCALE
 from protoseg.modules.postprocess import (
     drop_unsure_objects,
     most_convex_candidates,
+    open_objects,
     three_class_to_instances,
 )
 
@@ -136,3 +138,53 @@ def test_votes_keep_a_nucleus_whole_that_solidity_alone_would_halve() -> None:
     to_half_centres = np.stack([11.5 - rows, np.where(cols < 12, 7.5, 15.5) - cols])
     out = most_convex_candidates([halves, square], to_half_centres / OFFSET_SCALE)
     assert _objects(out) == _objects(halves)
+
+
+def _opened_one_by_one(instances: np.ndarray, radius: int) -> np.ndarray:
+    """Reference: each object opened on the whole image, padded with background, by
+    scikit-image's opening."""
+    out = np.zeros_like(instances)
+    pad = radius + 1
+    for label in np.unique(instances[instances > 0]):
+        padded = np.pad(instances == label, pad)
+        out[opening(padded, footprint_disk(radius))[pad:-pad, pad:-pad] > 0] = label
+    return out
+
+
+def test_open_objects_matches_a_whole_image_opening_per_object() -> None:
+    rng = np.random.default_rng(0)
+    instances = touching_disks()
+    # jagged outlines: flip random pixels on the objects' rims to the neighbour's or background
+    rim = (instances > 0) & (rng.random(instances.shape) < 0.3)
+    instances[rim] = rng.integers(0, 4, size=int(rim.sum()))
+    instances[30:32, 20:60] = 3  # a 2 px bar off the third disc
+    instances[0:10, 0:4] = 4  # a 4 px wide strip on the image's edge
+    instances[40:50, 61:64] = 5  # a 3 px wide one
+    for radius in (1, 2, 3):
+        ours = open_objects(instances, radius)
+        reference = _opened_one_by_one(instances, radius)
+        # same pixels per object, up to relabelling
+        assert ours.max() == len(np.unique(reference)) - 1
+        for label in np.unique(reference[reference > 0]):
+            np.testing.assert_array_equal(np.unique(ours[reference == label]).size, 1)
+        np.testing.assert_array_equal(ours > 0, reference > 0)
+
+
+def test_open_objects_trims_a_spur_without_merging_neighbours() -> None:
+    instances = touching_disks()
+    instances[18:20, 5:14] = 1  # a 2 px spur out of the first disc
+    opened = open_objects(instances, 2)
+    assert opened.max() == 3
+    assert not opened[18:20, 5:12].any()
+    # the touching pair keeps its border: no pixel changes hands
+    for label in (1, 2):
+        assert np.all(np.isin(instances[opened == label], [label]))
+    # a disc of radius 7 is barely touched (only its outline's corners)
+    assert (opened == 3).sum() >= 0.95 * (touching_disks() == 3).sum()
+    # an object narrower than the disc vanishes; radius 0 keeps the map
+    thin = np.zeros((20, 20), np.int32)
+    thin[5:8, 2:18] = 1
+    assert open_objects(thin, 2).max() == 0
+    np.testing.assert_array_equal(open_objects(instances, 0), instances)
+    with pytest.raises(ValueError, match="radius"):
+        open_objects(instances, -1)
