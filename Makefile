@@ -66,20 +66,26 @@ bench-monuseg-colour: ## Label-free reference without a network: Otsu of hematox
 	$(BIN)/python benchmarks/monuseg_colour_baseline.py --data-root $(DATA)/monuseg/train \
 		--refine-pad 6 --output $(RESULTS)/monuseg_colour_baseline_refined.json
 
+# trainer.accelerator of every stage of the label-free chains (gpu on a GPU machine).
+CHAIN_ACCELERATOR ?= cpu
 BENCH_PC := runs/bench_patchcontrast
-bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmentation head on the 30 training images, then predict the 14 test images
+bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmentation head on the 30 training images, then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
 	$(BIN)/python benchmarks/monuseg_patchcontrast.py --data-root $(DATA)/monuseg/train \
-		--run-dir $(BENCH_PC) --output $(RESULTS)/monuseg_patchcontrast.json
+		--run-dir $(BENCH_PC) --output $(RESULTS)/monuseg_patchcontrast.json \
+		--accelerator $(CHAIN_ACCELERATOR)
 	$(BIN)/protoseg predict --config configs/patch_contrast/segment_monuseg.yaml \
+		--trainer.accelerator=$(CHAIN_ACCELERATOR) \
 		--ckpt_path $(BENCH_PC)/segment/checkpoints/last.ckpt \
 		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PC)/test_predictions
 	@echo "instance maps written: $$(ls $(BENCH_PC)/test_predictions/*.png | grep -vc _overlay)"
 
 BENCH_PSM := runs/bench_psm
-bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> centre detector -> segmentation head on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images
+bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> centre detector -> segmentation head on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
 	$(BIN)/python benchmarks/monuseg_psm.py --data-root $(DATA)/monuseg/train \
-		--run-dir $(BENCH_PSM) --output $(RESULTS)/monuseg_psm.json
+		--run-dir $(BENCH_PSM) --output $(RESULTS)/monuseg_psm.json \
+		--accelerator $(CHAIN_ACCELERATOR)
 	$(BIN)/protoseg predict --config configs/psm/segment_monuseg.yaml \
+		--trainer.accelerator=$(CHAIN_ACCELERATOR) \
 		--ckpt_path $(BENCH_PSM)/segment/checkpoints/last.ckpt \
 		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PSM)/test_predictions
 	@echo "instance maps written: $$(ls $(BENCH_PSM)/test_predictions/*.png | grep -vc _overlay)"

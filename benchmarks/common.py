@@ -103,13 +103,17 @@ def write_result(path: str | Path, figures: dict[str, Any]) -> Path:
     return path
 
 
-def bench_overrides(config: str, run_dir: str | Path, data_root: str) -> list[str]:
+def bench_overrides(
+    config: str, run_dir: str | Path, data_root: str, accelerator: str | None = None
+) -> list[str]:
     """CLI arguments that train ``config`` into ``run_dir`` the way benchmarks time it.
 
     Validation runs once, after training (the benchmark times training, not intermediate
-    checks), and the only callback is a checkpoint that keeps ``last.ckpt``.
+    checks), and the only callback is a checkpoint that keeps ``last.ckpt``. ``accelerator``
+    (e.g. ``gpu``) replaces the config's ``trainer.accelerator``; None keeps it.
     """
     run_dir = Path(run_dir)
+    device = [] if accelerator is None else [f"--trainer.accelerator={accelerator}"]
     return [
         f"--config={config}",
         f"--data.root={data_root}",
@@ -121,6 +125,7 @@ def bench_overrides(config: str, run_dir: str | Path, data_root: str) -> list[st
         "--trainer.callbacks.save_last=true",
         "--trainer.callbacks.save_top_k=0",
         "--trainer.num_sanity_val_steps=0",
+        *device,
     ]
 
 
@@ -157,6 +162,7 @@ def label_free_chain(
     data_root: str,
     segment_steps: int | None = None,
     detector_config: str | None = None,
+    accelerator: str | None = None,
 ) -> dict[str, Any]:
     """Runs a label-free chain: stage fit -> validate -> pseudo masks -> head fit -> validate.
 
@@ -165,7 +171,8 @@ def label_free_chain(
     ``run_dir/pseudo_masks``, and the segmentation head trains on them into
     ``run_dir/segment``. With ``detector_config`` a centre detector first trains on the same
     pseudo masks into ``run_dir/detector`` and the head reads its last checkpoint
-    (``centre_weights``). Returns the built CLIs (``stage``, ``segment``, ``detector`` or
+    (``centre_weights``). ``accelerator`` replaces every stage's ``trainer.accelerator``
+    (None keeps the configs'). Returns the built CLIs (``stage``, ``segment``, ``detector`` or
     None), the validation metrics of each, and the wall seconds of every timed step.
     """
     from protoseg.callbacks.prediction_writer import InstancePredictionWriter
@@ -173,7 +180,9 @@ def label_free_chain(
 
     run_dir = Path(run_dir)
     pseudo_dir = run_dir / "pseudo_masks"
-    stage = build_cli(bench_overrides(stage_config, run_dir / "stage", data_root), run=False)
+    stage = build_cli(
+        bench_overrides(stage_config, run_dir / "stage", data_root, accelerator), run=False
+    )
     _, stage_seconds = timed(stage.trainer.fit, stage.model, datamodule=stage.datamodule)
     (stage_metrics,) = stage.trainer.validate(stage.model, datamodule=stage.datamodule)
     stage.trainer.callbacks.append(InstancePredictionWriter(pseudo_dir, geojson=False))
@@ -184,7 +193,7 @@ def label_free_chain(
     if detector_config is not None:
         detector = build_cli(
             [
-                *bench_overrides(detector_config, run_dir / "detector", data_root),
+                *bench_overrides(detector_config, run_dir / "detector", data_root, accelerator),
                 f"--data.pseudo_mask_dir={pseudo_dir}",
             ],
             run=False,
@@ -196,7 +205,7 @@ def label_free_chain(
             detector.model, datamodule=detector.datamodule
         )
     overrides = [
-        *bench_overrides(segment_config, run_dir / "segment", data_root),
+        *bench_overrides(segment_config, run_dir / "segment", data_root, accelerator),
         f"--data.pseudo_mask_dir={pseudo_dir}",
     ]
     if detector is not None:

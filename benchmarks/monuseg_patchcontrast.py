@@ -33,6 +33,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--segment-config", default="configs/patch_contrast/segment_monuseg.yaml")
     parser.add_argument("--run-dir", default="runs/bench_patchcontrast")
     parser.add_argument("--segment-steps", type=int, default=None, help="override the config's")
+    parser.add_argument(
+        "--accelerator", default=None, help="every stage's trainer.accelerator (e.g. gpu)"
+    )
     return parser.parse_args()
 
 
@@ -40,7 +43,12 @@ def main() -> None:
     args = parse_args()
     run_dir = fresh_run_dir(args.run_dir)
     chain = label_free_chain(
-        args.fcnn_config, args.segment_config, run_dir, args.data_root, args.segment_steps
+        args.fcnn_config,
+        args.segment_config,
+        run_dir,
+        args.data_root,
+        args.segment_steps,
+        accelerator=args.accelerator,
     )
     fcnn = chain["stage"]
     separation = fcnn.model.separation.tolist()

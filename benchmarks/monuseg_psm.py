@@ -36,6 +36,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--segment-config", default="configs/psm/segment_monuseg.yaml")
     parser.add_argument("--run-dir", default="runs/bench_psm")
     parser.add_argument("--segment-steps", type=int, default=None, help="override the config's")
+    parser.add_argument(
+        "--accelerator", default=None, help="every stage's trainer.accelerator (e.g. gpu)"
+    )
     return parser.parse_args()
 
 
@@ -49,6 +52,7 @@ def main() -> None:
         args.data_root,
         args.segment_steps,
         detector_config=args.detector_config,
+        accelerator=args.accelerator,
     )
     psm = chain["stage"]
     stage = {

@@ -1,4 +1,5 @@
-"""benchmarks/common.py: the source commit every benchmark record carries."""
+"""benchmarks/common.py: the source commit every benchmark record carries, and the overrides
+every benchmarked stage trains with."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from benchmarks.common import (
     CPU_LIMIT_VARIABLES,
     ROOT,
+    bench_overrides,
     machine_info,
     source_state,
     write_result,
@@ -80,3 +82,10 @@ def test_machine_info_records_cpu_limits(monkeypatch: pytest.MonkeyPatch) -> Non
     assert machine_info()["cpu_limits"] == {}
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert machine_info()["cpu_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def test_bench_overrides_keep_the_configs_accelerator_unless_one_is_given() -> None:
+    kept = bench_overrides("configs/psm/monuseg.yaml", "runs/x", "data")
+    assert not any(a.startswith("--trainer.accelerator") for a in kept)
+    moved = bench_overrides("configs/psm/monuseg.yaml", "runs/x", "data", accelerator="gpu")
+    assert moved == [*kept, "--trainer.accelerator=gpu"]
