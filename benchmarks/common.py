@@ -148,11 +148,18 @@ def fresh_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
-def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``function(*args, **kwargs)`` and its wall time in seconds (0.1 s)."""
+def timed(function: Any, *args: Any, label: str | None = None, **kwargs: Any) -> tuple[Any, float]:
+    """``function(*args, **kwargs)`` and its wall time in seconds (0.1 s).
+
+    With ``label`` the time is also printed as soon as it is known, so that a run cut short
+    (a job's time limit) still shows the stages it finished.
+    """
     start = time.perf_counter()
     result = function(*args, **kwargs)
-    return result, round(time.perf_counter() - start, 1)
+    seconds = round(time.perf_counter() - start, 1)
+    if label is not None:
+        print(f"benchmark: {label} in {seconds} s", flush=True)
+    return result, seconds
 
 
 def label_free_chain(
@@ -183,11 +190,19 @@ def label_free_chain(
     stage = build_cli(
         bench_overrides(stage_config, run_dir / "stage", data_root, accelerator), run=False
     )
-    _, stage_seconds = timed(stage.trainer.fit, stage.model, datamodule=stage.datamodule)
-    (stage_metrics,) = stage.trainer.validate(stage.model, datamodule=stage.datamodule)
+    _, stage_seconds = timed(
+        stage.trainer.fit, stage.model, datamodule=stage.datamodule, label="stage fit"
+    )
+    (stage_metrics,), _ = timed(
+        stage.trainer.validate, stage.model, datamodule=stage.datamodule, label="stage validation"
+    )
     stage.trainer.callbacks.append(InstancePredictionWriter(pseudo_dir, geojson=False))
     _, pseudo_seconds = timed(
-        stage.trainer.predict, stage.model, datamodule=stage.datamodule, return_predictions=False
+        stage.trainer.predict,
+        stage.model,
+        datamodule=stage.datamodule,
+        return_predictions=False,
+        label="pseudo masks",
     )
     detector, detector_metrics, detector_seconds = None, None, 0.0
     if detector_config is not None:
@@ -199,10 +214,16 @@ def label_free_chain(
             run=False,
         )
         _, detector_seconds = timed(
-            detector.trainer.fit, detector.model, datamodule=detector.datamodule
+            detector.trainer.fit,
+            detector.model,
+            datamodule=detector.datamodule,
+            label="detector fit",
         )
-        (detector_metrics,) = detector.trainer.validate(
-            detector.model, datamodule=detector.datamodule
+        (detector_metrics,), _ = timed(
+            detector.trainer.validate,
+            detector.model,
+            datamodule=detector.datamodule,
+            label="detector validation",
         )
     overrides = [
         *bench_overrides(segment_config, run_dir / "segment", data_root, accelerator),
@@ -214,8 +235,15 @@ def label_free_chain(
     if segment_steps is not None:
         overrides.append(f"--trainer.max_steps={segment_steps}")
     segment = build_cli(overrides, run=False)
-    _, segment_seconds = timed(segment.trainer.fit, segment.model, datamodule=segment.datamodule)
-    (segment_metrics,) = segment.trainer.validate(segment.model, datamodule=segment.datamodule)
+    _, segment_seconds = timed(
+        segment.trainer.fit, segment.model, datamodule=segment.datamodule, label="head fit"
+    )
+    (segment_metrics,), _ = timed(
+        segment.trainer.validate,
+        segment.model,
+        datamodule=segment.datamodule,
+        label="head validation",
+    )
     return {
         "stage": stage,
         "segment": segment,
