@@ -68,11 +68,13 @@ bench-monuseg-colour: ## Label-free reference without a network: Otsu of hematox
 
 # trainer.accelerator of every stage of the label-free chains (gpu on a GPU machine).
 CHAIN_ACCELERATOR ?= cpu
+# More arguments of the chain benchmarks, e.g. CHAIN_ARGS=--resume to finish a run cut short.
+CHAIN_ARGS ?=
 BENCH_PC := runs/bench_patchcontrast
 bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmentation head on the 30 training images, then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
 	$(BIN)/python benchmarks/monuseg_patchcontrast.py --data-root $(DATA)/monuseg/train \
 		--run-dir $(BENCH_PC) --output $(RESULTS)/monuseg_patchcontrast.json \
-		--accelerator $(CHAIN_ACCELERATOR)
+		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
 	$(BIN)/protoseg predict --config configs/patch_contrast/segment_monuseg.yaml \
 		--trainer.accelerator=$(CHAIN_ACCELERATOR) \
 		--ckpt_path $(BENCH_PC)/segment/checkpoints/last.ckpt \
@@ -83,7 +85,7 @@ BENCH_PSM := runs/bench_psm
 bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> centre detector -> segmentation head on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
 	$(BIN)/python benchmarks/monuseg_psm.py --data-root $(DATA)/monuseg/train \
 		--run-dir $(BENCH_PSM) --output $(RESULTS)/monuseg_psm.json \
-		--accelerator $(CHAIN_ACCELERATOR)
+		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
 	$(BIN)/protoseg predict --config configs/psm/segment_monuseg.yaml \
 		--trainer.accelerator=$(CHAIN_ACCELERATOR) \
 		--ckpt_path $(BENCH_PSM)/segment/checkpoints/last.ckpt \

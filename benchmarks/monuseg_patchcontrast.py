@@ -13,55 +13,52 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (  # noqa: E402
-    chain_figures,
-    fresh_run_dir,
-    label_free_chain,
-    write_result,
-)
+from benchmarks.chain import add_chain_arguments, chain_figures, label_free_chain  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default="../shared/data/monuseg/train")
-    parser.add_argument("--output", default="benchmarks/results/monuseg_patchcontrast.json")
+    add_chain_arguments(parser, "monuseg_patchcontrast")
     parser.add_argument("--fcnn-config", default="configs/patch_contrast/monuseg.yaml")
     parser.add_argument("--segment-config", default="configs/patch_contrast/segment_monuseg.yaml")
-    parser.add_argument("--run-dir", default="runs/bench_patchcontrast")
-    parser.add_argument("--segment-steps", type=int, default=None, help="override the config's")
-    parser.add_argument(
-        "--accelerator", default=None, help="every stage's trainer.accelerator (e.g. gpu)"
-    )
     return parser.parse_args()
+
+
+def fcnn_figures(cli: Any) -> dict[str, Any]:
+    """Size, steps, convergence and information separation of the fitted FCNN."""
+    fcnn = cli.model
+    separation = fcnn.separation.tolist()
+    return {
+        "parameters": sum(p.numel() for p in fcnn.net.parameters()),
+        "steps": cli.trainer.global_step,
+        "max_steps": cli.trainer.max_steps,
+        "converged_at_step": fcnn.converged_at_step,
+        "separation_positive": round(separation[0], 4),
+        "separation_negative": round(separation[1], 4),
+    }
 
 
 def main() -> None:
     args = parse_args()
-    run_dir = fresh_run_dir(args.run_dir)
     chain = label_free_chain(
         args.fcnn_config,
         args.segment_config,
-        run_dir,
+        args.run_dir,
         args.data_root,
         args.segment_steps,
         accelerator=args.accelerator,
+        stage_figures=fcnn_figures,
+        overrides=args.override,
+        resume=args.resume,
     )
-    fcnn = chain["stage"]
-    separation = fcnn.model.separation.tolist()
-    stage = {
-        "parameters": sum(p.numel() for p in fcnn.model.net.parameters()),
-        "steps": fcnn.trainer.global_step,
-        "max_steps": fcnn.trainer.max_steps,
-        "converged_at_step": fcnn.model.converged_at_step,
-        "separation_positive": round(separation[0], 4),
-        "separation_negative": round(separation[1], 4),
-    }
     configs = [args.fcnn_config, args.segment_config]
-    figures = chain_figures("monuseg_patchcontrast", configs, chain, "fcnn", stage)
+    figures = chain_figures("monuseg_patchcontrast", configs, chain, "fcnn")
     path = write_result(args.output, figures)
     print(f"wrote {path}: pseudo masks {figures['fcnn']['pseudo_mask_validation']}")
     print(f"segmentation head {figures['segment']['validation']}")

@@ -15,54 +15,51 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.chain import (  # noqa: E402
+    add_chain_arguments,
     chain_figures,
-    fresh_run_dir,
     label_free_chain,
-    write_result,
+    trained_figures,
 )
+from benchmarks.common import write_result  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default="../shared/data/monuseg/train")
-    parser.add_argument("--output", default="benchmarks/results/monuseg_psm.json")
+    add_chain_arguments(parser, "monuseg_psm")
     parser.add_argument("--psm-config", default="configs/psm/monuseg.yaml")
     parser.add_argument("--detector-config", default="configs/psm/detect_monuseg.yaml")
     parser.add_argument("--segment-config", default="configs/psm/segment_monuseg.yaml")
-    parser.add_argument("--run-dir", default="runs/bench_psm")
-    parser.add_argument("--segment-steps", type=int, default=None, help="override the config's")
-    parser.add_argument(
-        "--accelerator", default=None, help="every stage's trainer.accelerator (e.g. gpu)"
-    )
     return parser.parse_args()
+
+
+def psm_figures(cli: Any) -> dict[str, Any]:
+    """Sizes and steps of the fitted activation network."""
+    backbone = sum(p.numel() for p in cli.model.backbone.parameters())
+    return {**trained_figures(cli), "backbone_parameters": backbone}
 
 
 def main() -> None:
     args = parse_args()
-    run_dir = fresh_run_dir(args.run_dir)
     chain = label_free_chain(
         args.psm_config,
         args.segment_config,
-        run_dir,
+        args.run_dir,
         args.data_root,
         args.segment_steps,
         detector_config=args.detector_config,
         accelerator=args.accelerator,
+        stage_figures=psm_figures,
+        overrides=args.override,
+        resume=args.resume,
     )
-    psm = chain["stage"]
-    stage = {
-        "parameters": sum(p.numel() for p in psm.model.parameters()),
-        "backbone_parameters": sum(p.numel() for p in psm.model.backbone.parameters()),
-        "steps": psm.trainer.global_step,
-        "max_steps": psm.trainer.max_steps,
-    }
     configs = [args.psm_config, args.detector_config, args.segment_config]
-    figures = chain_figures("monuseg_psm", configs, chain, "psm", stage)
+    figures = chain_figures("monuseg_psm", configs, chain, "psm")
     path = write_result(args.output, figures)
     print(f"wrote {path}: pseudo masks {figures['psm']['pseudo_mask_validation']}")
     print(f"centre detector {figures['detector']['validation']}")
