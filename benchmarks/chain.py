@@ -47,6 +47,14 @@ def add_chain_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         metavar="ARG",
         help="a CLI argument added to every stage, e.g. --override=--trainer.max_steps=2",
     )
+    parser.add_argument(
+        "--head-override",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a CLI argument added to the head alone, e.g. "
+        "--head-override=--model.init_args.postprocess_workers=8",
+    )
 
 
 class ChainLedger:
@@ -179,6 +187,7 @@ def label_free_chain(
     stage_figures: Callable[[Any], dict[str, Any]] = trained_figures,
     overrides: Sequence[str] = (),
     resume: bool = False,
+    head_overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Runs (or, with ``resume``, finishes) a label-free chain in ``run_dir``.
 
@@ -188,7 +197,8 @@ def label_free_chain(
     ``run_dir/detector`` and the head reads its ``last.ckpt`` (``centre_weights``); the head
     trains on the pseudo masks into ``run_dir/segment``. ``accelerator`` replaces every
     stage's ``trainer.accelerator`` (None keeps the configs'), ``overrides`` are CLI
-    arguments added to every stage, and ``stage_figures(cli)`` describes the fitted stage.
+    arguments added to every stage (``head_overrides`` to the head alone), and
+    ``stage_figures(cli)`` describes the fitted stage.
 
     Returns the record of every step (wall seconds, validation metrics, checkpoints and
     figures, see :class:`ChainLedger`), the pseudo-mask folder and the names of the steps
@@ -203,6 +213,7 @@ def label_free_chain(
         "segment_steps": segment_steps,
         "accelerator": accelerator,
         "overrides": list(overrides),
+        "head_overrides": list(head_overrides),
     }
     ledger = ChainLedger(run_dir, settings, resume)
     pseudo_dir = run_dir / "pseudo_masks"
@@ -245,7 +256,9 @@ def label_free_chain(
     if segment_steps is not None:
         head_extra.append(f"--trainer.max_steps={segment_steps}")
     fit_and_validate(
-        "head", stage_cli(segment_config, "segment", *head_extra, *overrides), trained_figures
+        "head",
+        stage_cli(segment_config, "segment", *head_extra, *overrides, *head_overrides),
+        trained_figures,
     )
     return {"steps": records, "pseudo_dir": pseudo_dir, "kept": ledger.kept}
 

@@ -56,6 +56,7 @@ def main() -> None:
         stage_figures=fcnn_figures,
         overrides=args.override,
         resume=args.resume,
+        head_overrides=args.head_override,
     )
     configs = [args.fcnn_config, args.segment_config]
     figures = chain_figures("monuseg_patchcontrast", configs, chain, "fcnn")

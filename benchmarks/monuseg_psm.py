@@ -57,6 +57,7 @@ def main() -> None:
         stage_figures=psm_figures,
         overrides=args.override,
         resume=args.resume,
+        head_overrides=args.head_override,
     )
     configs = [args.psm_config, args.detector_config, args.segment_config]
     figures = chain_figures("monuseg_psm", configs, chain, "psm")

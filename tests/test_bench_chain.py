@@ -70,6 +70,8 @@ def _psm_chain(data_root: Path, run_dir: Path, resume: bool) -> dict:
         detector_config=str(ROOT / "configs/psm/detect_monuseg.yaml"),
         overrides=TINY,
         resume=resume,
+        # the head's split in a worker process, as on a GPU machine
+        head_overrides=["--model.init_args.postprocess_workers=1"],
     )
 
 

@@ -68,31 +68,48 @@ class NucleiMetrics(Metric):
         for name in METRIC_NAMES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: InstanceMaps, targets: InstanceMaps) -> None:
-        """Scores each image pair and stores the scores.
+    def update(
+        self,
+        preds: InstanceMaps | None = None,
+        targets: InstanceMaps | None = None,
+        scores: Sequence[dict[str, float]] = (),
+    ) -> None:
+        """Scores each image pair and stores the scores; or stores per-image ``scores``
+        computed elsewhere (e.g. in a worker process).
 
         Args:
             preds: predicted instance maps, int tensors (B, H, W) or (H, W), or a sequence of
                 (H, W) tensors whose sizes may differ between images; 0 = background.
             targets: ground-truth instance maps, laid out like ``preds``.
+            scores: instead of maps, one dict per image from
+                :func:`~protoseg.metrics.functional.nuclei_scores` at this metric's
+                ``iou_threshold``.
 
         Raises:
-            ValueError: if the numbers of images or the shapes of a pair differ.
+            ValueError: if the numbers of images or the shapes of a pair differ, if maps and
+                scores are both given or neither, or if a score is missing.
         """
-        pred_list = _as_image_list(preds, "preds")
-        target_list = _as_image_list(targets, "targets")
-        if len(pred_list) != len(target_list):
-            raise ValueError(
-                f"got {len(pred_list)} predicted and {len(target_list)} target instance maps"
-            )
-        for pred, target in zip(pred_list, target_list, strict=True):
-            scores = nuclei_scores(
-                pred.detach().cpu().numpy(), target.detach().cpu().numpy(), self.iou_threshold
-            )
+        if (preds is None) != (targets is None) or (preds is None) == (not scores):
+            raise ValueError("give preds and targets, or scores")
+        scores = list(scores)
+        if preds is not None:
+            pred_list = _as_image_list(preds, "preds")
+            target_list = _as_image_list(targets, "targets")
+            if len(pred_list) != len(target_list):
+                raise ValueError(
+                    f"got {len(pred_list)} predicted and {len(target_list)} target instance maps"
+                )
+            for pred, target in zip(pred_list, target_list, strict=True):
+                pred_np, target_np = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
+                scores.append(nuclei_scores(pred_np, target_np, self.iou_threshold))
+        for image_scores in scores:
+            missing = set(METRIC_NAMES) - set(image_scores)
+            if missing:
+                raise ValueError(f"scores lack {sorted(missing)}")
             for name in METRIC_NAMES:
                 # (1,) tensors on the metric's device: "cat" then gathers them across processes.
                 getattr(self, name).append(
-                    torch.tensor([scores[name]], dtype=torch.float32, device=self.device)
+                    torch.tensor([image_scores[name]], dtype=torch.float32, device=self.device)
                 )
 
     def compute(self) -> dict[str, torch.Tensor]:

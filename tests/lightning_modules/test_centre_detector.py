@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
-from protoseg.lightning_modules import segmentation
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule, points_to_discs
 from protoseg.lightning_modules.segmentation import SegmentationModule, load_centre_weights
+from protoseg.modules import instance_split
 from protoseg.modules.networks import UNet
 
 CHANNELS = (16, 16, 8, 8, 8)
@@ -187,12 +187,12 @@ def test_votes_head_hands_the_offsets_to_the_per_piece_choice(
         seen.append(offsets)
         return candidates[0]
 
-    monkeypatch.setattr(segmentation, "most_convex_candidates", spy)
-    head._instances(probs, maps)
+    monkeypatch.setattr(instance_split, "most_convex_candidates", spy)
+    head.splitter(probs, maps)
     assert len(seen) == 1 and seen[0] is not None
     np.testing.assert_array_equal(seen[0], maps[1:])
     head.hparams.centre_votes = False  # the heatmap alone: solidity alone chooses
-    head._instances(probs, maps)
+    head.splitter(probs, maps)
     assert len(seen) == 2 and seen[1] is None
 
 
@@ -211,4 +211,4 @@ def test_offsets_and_votes_name_their_problems() -> None:
     probs = np.zeros((3, 16, 16), np.float32)
     probs[1] = 1.0
     with pytest.raises(ValueError, match="3 outputs"):
-        head._instances(probs, np.zeros((1, 16, 16), np.float32))
+        head.splitter(probs, np.zeros((1, 16, 16), np.float32))

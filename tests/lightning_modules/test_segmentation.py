@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
+from protoseg.lightning_modules import segmentation
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.networks import UNet
 
@@ -35,6 +36,41 @@ def test_fast_dev_run_fit_validate_predict(tiny_monuseg_root: Path) -> None:
     predictions = trainer.predict(model, datamodule=data)
     items = [item for batch in predictions for item in batch]
     assert items and all(item["instances"].dtype == np.int32 for item in items)
+
+
+def test_workers_score_and_draw_as_this_process_does(
+    tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation with the split in two worker processes: the same metrics and the same
+    overlays drawn as in-process; prediction too."""
+    drawn: list[tuple[int, np.ndarray]] = []
+
+    def draw(module, batch, prediction, index, normalization) -> None:  # noqa: ANN001
+        drawn.append((index, prediction))
+
+    monkeypatch.setattr(segmentation, "log_overlay", draw)
+
+    def run(workers: int) -> tuple[dict, list[tuple[int, np.ndarray]], list[np.ndarray]]:
+        drawn.clear()
+        L.seed_everything(0)
+        model = tiny_module(
+            postprocess_workers=workers, instance_split="distance", foreground_threshold=[0.4, 0.6]
+        )
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        data = tiny_data(tiny_monuseg_root, val_fraction=0.67)  # 2 of the 3 images
+        (metrics,) = trainer.validate(model, datamodule=data)
+        overlays = list(drawn)
+        predictions = trainer.predict(model, datamodule=data)
+        return metrics, overlays, [item["instances"] for batch in predictions for item in batch]
+
+    here, there = run(0), run(2)
+    assert here[0] == there[0]
+    assert [index for index, _ in here[1]] == [index for index, _ in there[1]] == [0, 1]
+    for (_, a), (_, b) in zip(here[1], there[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(here[2]) == len(there[2]) == 3
+    for a, b in zip(here[2], there[2], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_checkpoint_rebuilds_module(tiny_monuseg_root: Path, tmp_path: Path) -> None:

@@ -87,6 +87,24 @@ def test_compute_before_update_is_nan_and_reset_clears() -> None:
     assert _as_floats(metric.compute()) == pytest.approx(expected, abs=1e-6)
 
 
+def test_scores_computed_elsewhere_count_like_maps() -> None:
+    """Per-image scores (e.g. from a worker process) give the mean the maps would."""
+    rng = np.random.default_rng(1)
+    pairs = [_pair(rng, (16, 16)) for _ in range(3)]
+    from_maps, from_scores = NucleiMetrics(), NucleiMetrics()
+    for pred, target in pairs:
+        from_maps.update(torch.from_numpy(pred), torch.from_numpy(target))
+        from_scores.update(scores=[nuclei_scores(pred, target)])
+    assert _as_floats(from_scores.compute()) == _as_floats(from_maps.compute())
+    with pytest.raises(ValueError, match="preds and targets, or scores"):
+        from_scores.update()
+    with pytest.raises(ValueError, match="preds and targets, or scores"):
+        pred, target = (torch.from_numpy(a) for a in pairs[0])
+        from_scores.update(pred, target, scores=[nuclei_scores(*pairs[0])])
+    with pytest.raises(ValueError, match=r"lack \['aji'"):
+        from_scores.update(scores=[{"dice": 1.0}])
+
+
 def test_invalid_inputs() -> None:
     metric = NucleiMetrics()
     zeros = torch.zeros(2, 8, 8, dtype=torch.int64)

@@ -1,0 +1,86 @@
+"""PostprocessPool: results in submission order, bounded queue, errors that surface, and the
+same results in worker processes as in this one."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from protoseg.metrics.functional import nuclei_scores
+from protoseg.modules.instance_split import InstanceSplit, split_and_score
+from protoseg.modules.postprocess_pool import PostprocessPool
+
+
+def _slow_square(value: int) -> int:
+    time.sleep(0.05 * (3 - value % 3))  # later calls finish first
+    return value * value
+
+
+def _fail(value: int) -> int:
+    raise RuntimeError(f"broken image {value}")
+
+
+def _discs_probs(size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of two touching discs, and their true instance map."""
+    yy, xx = np.mgrid[:size, :size]
+    left = (yy - 24) ** 2 + (xx - 16) ** 2 < 81
+    right = ((yy - 24) ** 2 + (xx - 32) ** 2 < 81) & ~left
+    probs = np.zeros((3, size, size), np.float32)
+    probs[0] = 1.0
+    probs[0][left | right], probs[1][left | right] = 0.1, 0.9
+    target = left.astype(np.int32) + 2 * right.astype(np.int32)
+    return probs, target
+
+
+def test_workers_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        PostprocessPool(-1)
+
+
+def test_in_process_pool_runs_each_call_at_once() -> None:
+    pool = PostprocessPool(0)
+    pool.submit(_slow_square, 3)
+    assert pool.ready() == [9]
+    assert pool.map(_slow_square, [1, 2]) == [1, 4]
+    pool.submit(_slow_square, 4)
+    assert pool.drain() == [16] and pool.drain() == []
+
+
+def test_worker_results_come_back_in_submission_order() -> None:
+    pool = PostprocessPool(2)
+    try:
+        for value in range(6):
+            pool.submit(_slow_square, value)
+            # never more than 2 * workers calls waiting or running
+            assert sum(not f.done() for f in pool._pending) <= 4
+        assert pool.drain() == [v * v for v in range(6)]
+        assert pool.map(_slow_square, [5, 6, 7]) == [25, 36, 49]
+        pool.submit(_fail, 8)
+        with pytest.raises(RuntimeError, match="broken image 8"):
+            pool.drain()
+    finally:
+        pool.close()
+    # a closed pool starts new workers when used again
+    assert pool.map(_slow_square, [2]) == [4]
+    pool.close()
+
+
+def test_split_and_score_is_the_same_in_a_worker() -> None:
+    probs, target = _discs_probs()
+    split = InstanceSplit(foreground_thresholds=(0.5, 0.7), instance_split="distance")
+    assert pickle.loads(pickle.dumps(split)) == split
+    here_instances, here_scores = split_and_score(split, probs, None, target)
+    assert here_instances.max() == 2, "the distance split parts the touching discs"
+    assert here_scores == nuclei_scores(here_instances, target)
+    pool = PostprocessPool(1)
+    try:
+        pool.submit(split_and_score, split, probs, None, target)
+        ((instances, scores),) = pool.drain()
+    finally:
+        pool.close()
+    np.testing.assert_array_equal(instances, here_instances)
+    assert scores == here_scores
+    assert split_and_score(split, probs, None, None)[1] is None
