@@ -11,7 +11,7 @@ RESULTS := benchmarks/results
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint format quickstart clean bench-monuseg-supervised \
-	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm \
+	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-postprocess \
 	bench-wsi bench-ssl \
 	sweep-ssl sweep-segment report
 
@@ -91,6 +91,12 @@ bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> centre detector -
 		--ckpt_path $(BENCH_PSM)/segment/checkpoints/last.ckpt \
 		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PSM)/test_predictions
 	@echo "instance maps written: $$(ls $(BENCH_PSM)/test_predictions/*.png | grep -vc _overlay)"
+
+bench-postprocess: ## The PSM head's post-processing of 8 training images x 3, in this process and in 1 / 2 worker processes (after bench-monuseg-psm; ~6 min, 2 CPU cores)
+	$(BIN)/python benchmarks/postprocess_pool.py --inputs $(BENCH_PSM)/split_inputs \
+		--checkpoint $(BENCH_PSM)/segment/checkpoints/last.ckpt \
+		--pseudo-mask-dir $(BENCH_PSM)/pseudo_masks --data-root $(DATA)/monuseg/train \
+		--repeats 3 --workers 1 2 --output $(RESULTS)/postprocess_pool.json
 
 WSI_DEVICE ?= cpu
 # A trained segmentation head (e.g. the one of bench-monuseg-supervised); empty: random init.

@@ -1,13 +1,16 @@
 """Throughput of the head's post-processing in this process against a PostprocessPool.
 
-Reads split inputs saved by a trained head (``*.npz`` with uint8 ``probs`` (3, H, W) and
-``maps`` (C, H, W), each channel's ``*_low`` / ``*_high`` range, and the true ``target``
-instance map), splits and scores each input ``--repeats`` times in this process, then in
-pools of each ``--workers`` count (worker start included), checks that every instance map
-and score is the same, and writes the wall times.
+Splits and scores the saved split inputs of a trained head ``--repeats`` times in this
+process, then in pools of each ``--workers`` count (worker start included), checks that every
+instance map and score is the same, and writes the wall times. With ``--checkpoint`` the
+inputs of the config's first ``--images`` validation images are first saved into
+``--inputs`` (``*.npz``: uint8 ``probs`` (3, H, W) and ``maps`` (C, H, W) with each channel's
+``*_low`` / ``*_high`` range, and the true ``target`` instance map), so that they can be
+carried to another machine (a GPU machine's 16 cores) without the network.
 
-    python benchmarks/postprocess_pool.py --inputs runs/split_inputs --workers 2 \
-        --output benchmarks/results/postprocess_pool.json
+    python benchmarks/postprocess_pool.py --inputs runs/split_inputs --workers 1 2 \
+        --checkpoint runs/bench_psm/segment/checkpoints/last.ckpt \
+        --pseudo-mask-dir runs/bench_psm/pseudo_masks
 """
 
 from __future__ import annotations
@@ -40,21 +43,62 @@ PSM_HEAD_SPLIT = InstanceSplit(
 )
 
 
+def quantize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(C, H, W) floats as uint8 over each channel's range, with the ranges' ends."""
+    low = values.min(axis=(1, 2), keepdims=True)
+    high = np.maximum(values.max(axis=(1, 2), keepdims=True), low + 1e-6)
+    return np.round((values - low) / (high - low) * 255).astype(np.uint8), low, high
+
+
+def dequantize(codes: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """:func:`quantize`'s input back as float32, to half a step of 1/255 of each range."""
+    return (codes.astype(np.float32) / 255 * (high - low) + low).astype(np.float32)
+
+
+def save_inputs(args: argparse.Namespace, folder: Path) -> None:
+    """The split inputs of the config's first ``args.images`` validation images, from the
+    head of ``args.checkpoint``, into ``folder``."""
+    import torch
+
+    from protoseg.cli import build_cli
+
+    cli = build_cli(
+        [
+            f"--config={args.config}",
+            f"--data.root={args.data_root}",
+            f"--data.pseudo_mask_dir={args.pseudo_mask_dir}",
+            "--model.init_args.centre_weights=null",  # the checkpoint holds the detector
+            "--trainer.logger=false",
+        ],
+        run=False,
+    )
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    cli.model.load_state_dict(state)
+    cli.model.eval()
+    cli.datamodule.setup("validate")
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, batch in enumerate(cli.datamodule.val_dataloader()):
+        if index == args.images:
+            break
+        with torch.no_grad():
+            ((probs, maps),) = cli.model.split_inputs(batch["image"])
+        arrays = {"target": batch["instances"][0].numpy().astype(np.int32)}
+        for name, values in (("probs", probs), ("maps", maps)):
+            arrays[name], arrays[f"{name}_low"], arrays[f"{name}_high"] = quantize(values)
+        np.savez_compressed(folder / f"{index:02d}_{batch['stem'][0]}.npz", **arrays)
+        print(f"saved the split inputs of {batch['stem'][0]}", flush=True)
+
+
 def load_inputs(folder: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(probs, maps, target) of every ``*.npz`` in ``folder``, back in float32."""
     inputs = []
     for path in sorted(folder.glob("*.npz")):
         with np.load(path) as saved:
-            arrays = [
-                saved[name].astype(np.float32)
-                / 255
-                * (saved[f"{name}_high"] - saved[f"{name}_low"])
-                + saved[f"{name}_low"]
+            probs, maps = (
+                dequantize(saved[name], saved[f"{name}_low"], saved[f"{name}_high"])
                 for name in ("probs", "maps")
-            ]
-            inputs.append(
-                (arrays[0].astype(np.float32), arrays[1].astype(np.float32), saved["target"])
             )
+            inputs.append((probs, maps, saved["target"]))
     if not inputs:
         raise FileNotFoundError(f"{folder}: no split inputs (*.npz)")
     return inputs
@@ -65,7 +109,7 @@ def run(pool: PostprocessPool, jobs: list[tuple]) -> tuple[list[Any], float]:
     start = time.perf_counter()
     for probs, maps, target in jobs:
         pool.submit(split_and_score, PSM_HEAD_SPLIT, probs, maps, target)
-    results = pool.drain()
+    results = [result for _, result in pool.drain()]
     pool.close()
     return results, round(time.perf_counter() - start, 2)
 
@@ -76,7 +120,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--output", default="benchmarks/results/postprocess_pool.json")
+    parser.add_argument("--checkpoint", help="save the inputs from this head first")
+    parser.add_argument("--config", default="configs/psm/segment_monuseg.yaml")
+    parser.add_argument("--data-root", default="../shared/data/monuseg/train")
+    parser.add_argument("--pseudo-mask-dir", default="runs/bench_psm/pseudo_masks")
+    parser.add_argument("--images", type=int, default=8)
     args = parser.parse_args()
+    if args.checkpoint is not None:
+        save_inputs(args, Path(args.inputs))
     jobs = load_inputs(Path(args.inputs)) * args.repeats
     reference, serial = run(PostprocessPool(0), jobs)
     print(f"in this process: {len(jobs)} images in {serial} s", flush=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +132,12 @@ class SegmentationModule(L.LightningModule):
         tile_size: inference tile side for whole images; 1024 covers a MoNuSeg image at once.
         tile_overlap: px shared by neighbouring inference tiles.
         num_log_images: validation images drawn to TensorBoard per validation run.
-        postprocess_workers: processes that split (and score) validation and test images
-            while the network goes on to the next batch, and split a prediction batch's
-            images side by side (:class:`~protoseg.modules.postprocess_pool.PostprocessPool`);
-            0 splits them in this process. The figures are the same either way. Worth it when
-            the network is fast and cores are idle, e.g. on a GPU machine; each worker holds
-            a few images' probabilities (~25 MB for 1000 x 1000 px).
-        normalization: the datamodule's (mean, std), used only to draw the logged images.
+        postprocess_workers: processes that split (and score) the images of validation, test
+            and prediction while the network goes on to the next batch
+            (:class:`~protoseg.modules.postprocess_pool.PostprocessPool`); 0 splits them in
+            this process. The figures and maps are the same either way. Worth it when cores
+            idle while the split runs, e.g. on a GPU machine; each worker holds a few images'
+            probabilities (~25 MB for 1000 x 1000 px).
     """
 
     def __init__(
@@ -192,7 +191,6 @@ class SegmentationModule(L.LightningModule):
         if centre_votes and centre_net is None:
             raise ValueError("centre_votes reads the centre detector's offsets: set centre_net")
         self.pool = PostprocessPool(postprocess_workers)
-        self._overlays: deque[tuple[Batch, int] | None] = deque()
         save_init_hyperparameters(self)
         self.net = net
         self.centre_net = centre_net
@@ -245,17 +243,17 @@ class SegmentationModule(L.LightningModule):
             centre_votes=hp.centre_votes,
         )
 
-    def _split_inputs(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    def split_inputs(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Each image's class probabilities (3, H, W) and centre-detector outputs (or None)."""
         probs = self(images).float().softmax(dim=1).cpu().numpy()
         maps = self.centre_maps(images)
         return [(p, None if maps is None else maps[i]) for i, p in enumerate(probs)]
 
     def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
-        """Instance maps, one (H, W) int32 array per image of (B, 3, H, W)."""
+        """Instance maps, one (H, W) int32 array per image of (B, 3, H, W), split in this
+        process (``postprocess_workers`` serves the trainer's loops)."""
         split = self.splitter
-        inputs = self._split_inputs(images)
-        return self.pool.map(split, [probs for probs, _ in inputs], [maps for _, maps in inputs])
+        return [split(probs, maps) for probs, maps in self.split_inputs(images)]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -270,20 +268,19 @@ class SegmentationModule(L.LightningModule):
         ``val/overlay_<log_index>``."""
         split = self.splitter
         targets = [t.cpu().numpy() for t in batch["instances"]]
-        for i, (probs, maps) in enumerate(self._split_inputs(batch["image"])):
-            self.pool.submit(split_and_score, split, probs, maps, targets[i], metrics.iou_threshold)
+        for i, (probs, maps) in enumerate(self.split_inputs(batch["image"])):
             overlay = None
             if log_index is not None and i == 0:
                 first = {"image": batch["image"][:1].cpu(), "instances": batch["instances"][:1]}
                 overlay = (first, log_index)
-            self._overlays.append(overlay)
+            args = (split, probs, maps, targets[i], metrics.iou_threshold)
+            self.pool.submit(split_and_score, *args, tag=overlay)
         self._collect(metrics, self.pool.ready())
 
     def _collect(self, metrics: NucleiMetrics, results: list[tuple]) -> None:
-        """Adds finished (instances, scores) results, in order, and draws queued overlays."""
-        for instances, scores in results:
+        """Adds the scores of finished images, in order, and draws their queued overlays."""
+        for overlay, (instances, scores) in results:
             metrics.update(scores=[scores])
-            overlay = self._overlays.popleft()
             if overlay is not None:
                 first, index = overlay
                 log_overlay(self, first, instances, index, self.hparams.normalization)
@@ -308,10 +305,29 @@ class SegmentationModule(L.LightningModule):
     def teardown(self, stage: str) -> None:
         """Stops the post-processing workers at the end of a fit, validation, test or predict."""
         self.pool.close()
-        self._overlays.clear()
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        return prediction_items(batch, self.predict_instances(batch["image"]))
+    def predict_step(
+        self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
+        """The items (``stem``, ``path``, ``instances``) of the images split so far.
+
+        In this process (``postprocess_workers: 0``) those are the batch's own. With workers
+        the batch's images are queued and a batch returns the earlier images that are done
+        (possibly none), the last batch all the rest: writers such as
+        :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter` read each
+        item's own ``stem`` and ``path``, not the batch's.
+        """
+        split = self.splitter
+        for item, (probs, maps) in zip(
+            prediction_items(batch, [None] * len(batch["stem"])),
+            self.split_inputs(batch["image"]),
+            strict=True,
+        ):
+            self.pool.submit(split_and_score, split, probs, maps, None, tag=item)
+        batches = self.trainer.num_predict_batches[dataloader_idx]
+        last = not math.isfinite(batches) or batch_idx + 1 >= batches
+        results = self.pool.drain() if last else self.pool.ready()
+        return [{**item, "instances": instances} for item, (instances, _) in results]
 
     def configure_optimizers(self) -> dict[str, Any]:
         return warmup_cosine_optimization(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -36,8 +36,8 @@ class PostprocessPool:
 
     Example:
         >>> pool = PostprocessPool(workers=8)
-        >>> pool.submit(split_and_score, split, probs, maps, target)
-        >>> for instances, scores in pool.drain():
+        >>> pool.submit(split_and_score, split, probs, maps, target, tag=stem)
+        >>> for stem, (instances, scores) in pool.drain():
         ...     metrics.update(scores=[scores])
         >>> pool.close()
     """
@@ -47,25 +47,20 @@ class PostprocessPool:
             raise ValueError(f"postprocess workers must be >= 0, got {workers}")
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
-        self._pending: deque[Future] = deque()
+        self._pending: deque[tuple[Any, Future]] = deque()
 
-    def submit(self, function: Callable[..., Any], *args: Any) -> None:
-        """Queues ``function(*args)``; its result comes out of :meth:`ready` or :meth:`drain`."""
+    def submit(self, function: Callable[..., Any], *args: Any, tag: Any = None) -> None:
+        """Queues ``function(*args)``; ``(tag, result)`` comes out of :meth:`ready` or
+        :meth:`drain` (``tag`` stays in this process: what the caller needs with the result)."""
         if self.workers == 0:
-            done: Future = Future()
-            done.set_result(function(*args))
-            self._pending.append(done)
-            return
-        while sum(not f.done() for f in self._pending) >= 2 * self.workers:
-            wait([f for f in self._pending if not f.done()], return_when="FIRST_COMPLETED")
-        self._pending.append(self._started().submit(function, *args))
-
-    def map(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
-        """``[function(*args) for args in zip(*iterables)]``, the calls side by side in the
-        workers; apart from the queue of :meth:`submit`."""
-        if self.workers == 0:
-            return [function(*args) for args in zip(*iterables, strict=True)]
-        return list(self._started().map(function, *iterables))
+            future: Future = Future()
+            future.set_result(function(*args))
+        else:
+            while sum(not f.done() for _, f in self._pending) >= 2 * self.workers:
+                running = [f for _, f in self._pending if not f.done()]
+                wait(running, return_when="FIRST_COMPLETED")
+            future = self._started().submit(function, *args)
+        self._pending.append((tag, future))
 
     def _started(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -78,16 +73,19 @@ class PostprocessPool:
             )
         return self._executor
 
-    def ready(self) -> list[Any]:
-        """The results at the front of the queue that are finished, in submission order."""
+    def ready(self) -> list[tuple[Any, Any]]:
+        """``(tag, result)`` of the calls at the front of the queue that are finished, in
+        submission order."""
         results = []
-        while self._pending and self._pending[0].done():
-            results.append(self._pending.popleft().result())
+        while self._pending and self._pending[0][1].done():
+            tag, future = self._pending.popleft()
+            results.append((tag, future.result()))
         return results
 
-    def drain(self) -> list[Any]:
-        """Every queued result, in submission order, waiting for those still running."""
-        results = [future.result() for future in self._pending]
+    def drain(self) -> list[tuple[Any, Any]]:
+        """``(tag, result)`` of every queued call, in submission order, waiting for those
+        still running."""
+        results = [(tag, future.result()) for tag, future in self._pending]
         self._pending.clear()
         return results
 

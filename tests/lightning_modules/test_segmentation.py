@@ -42,7 +42,8 @@ def test_workers_score_and_draw_as_this_process_does(
     tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Validation with the split in two worker processes: the same metrics and the same
-    overlays drawn as in-process; prediction too."""
+    overlays drawn as in-process; prediction too, every image once and in order (a batch
+    returns the images done so far, the last batch the rest)."""
     drawn: list[tuple[int, np.ndarray]] = []
 
     def draw(module, batch, prediction, index, normalization) -> None:  # noqa: ANN001
@@ -61,7 +62,9 @@ def test_workers_score_and_draw_as_this_process_does(
         (metrics,) = trainer.validate(model, datamodule=data)
         overlays = list(drawn)
         predictions = trainer.predict(model, datamodule=data)
-        return metrics, overlays, [item["instances"] for batch in predictions for item in batch]
+        items = [item for batch in predictions for item in batch]
+        assert [item["stem"] for item in items] == ["img0", "img1", "img2"]
+        return metrics, overlays, [item["instances"] for item in items]
 
     here, there = run(0), run(2)
     assert here[0] == there[0]

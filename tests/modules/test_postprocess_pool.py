@@ -42,29 +42,30 @@ def test_workers_must_not_be_negative() -> None:
 
 def test_in_process_pool_runs_each_call_at_once() -> None:
     pool = PostprocessPool(0)
-    pool.submit(_slow_square, 3)
-    assert pool.ready() == [9]
-    assert pool.map(_slow_square, [1, 2]) == [1, 4]
+    pool.submit(_slow_square, 3, tag="a")
+    assert pool.ready() == [("a", 9)]
     pool.submit(_slow_square, 4)
-    assert pool.drain() == [16] and pool.drain() == []
+    assert pool.drain() == [(None, 16)] and pool.drain() == []
 
 
 def test_worker_results_come_back_in_submission_order() -> None:
     pool = PostprocessPool(2)
     try:
         for value in range(6):
-            pool.submit(_slow_square, value)
+            pool.submit(_slow_square, value, tag=f"image {value}")
             # never more than 2 * workers calls waiting or running
-            assert sum(not f.done() for f in pool._pending) <= 4
-        assert pool.drain() == [v * v for v in range(6)]
-        assert pool.map(_slow_square, [5, 6, 7]) == [25, 36, 49]
+            assert sum(not f.done() for _, f in pool._pending) <= 4
+        ready = pool.ready()
+        expected = [(f"image {v}", v * v) for v in range(6)]
+        assert ready + pool.drain() == expected
         pool.submit(_fail, 8)
         with pytest.raises(RuntimeError, match="broken image 8"):
             pool.drain()
     finally:
         pool.close()
     # a closed pool starts new workers when used again
-    assert pool.map(_slow_square, [2]) == [4]
+    pool.submit(_slow_square, 2)
+    assert pool.drain() == [(None, 4)]
     pool.close()
 
 
@@ -78,7 +79,7 @@ def test_split_and_score_is_the_same_in_a_worker() -> None:
     pool = PostprocessPool(1)
     try:
         pool.submit(split_and_score, split, probs, None, target)
-        ((instances, scores),) = pool.drain()
+        ((_, (instances, scores)),) = pool.drain()
     finally:
         pool.close()
     np.testing.assert_array_equal(instances, here_instances)
