@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +131,9 @@ class SegmentationModule(L.LightningModule):
         tile_size: inference tile side for whole images; 1024 covers a MoNuSeg image at once.
         tile_overlap: px shared by neighbouring inference tiles.
         num_log_images: validation images drawn to TensorBoard per validation run.
-        postprocess_workers: processes that split (and score) the images of validation, test
-            and prediction while the network goes on to the next batch
+        postprocess_workers: processes that split (and score) validation and test images
+            while the network goes on to the next batch, and split the images of a
+            prediction batch of several (slide tiles) side by side
             (:class:`~protoseg.modules.postprocess_pool.PostprocessPool`); 0 splits them in
             this process. The figures and maps are the same either way. Worth it when cores
             idle while the split runs, e.g. on a GPU machine; each worker holds a few images'
@@ -306,28 +306,22 @@ class SegmentationModule(L.LightningModule):
         """Stops the post-processing workers at the end of a fit, validation, test or predict."""
         self.pool.close()
 
-    def predict_step(
-        self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
-    ) -> list[dict[str, Any]]:
-        """The items (``stem``, ``path``, ``instances``) of the images split so far.
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """The batch's items (``stem``, ``path``, ``instances``), in the batch's order.
 
-        In this process (``postprocess_workers: 0``) those are the batch's own. With workers
-        the batch's images are queued and a batch returns the earlier images that are done
-        (possibly none), the last batch all the rest: writers such as
-        :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter` read each
-        item's own ``stem`` and ``path``, not the batch's.
+        With ``postprocess_workers`` the images of a batch of several (slide tiles) are split
+        side by side in the workers; a batch of one image (whole images) is split here, as
+        one worker thread would be slower than this process's threads. Writers pair the
+        items with the batch (:class:`~protoseg.callbacks.slide_writer.SlidePredictionWriter`
+        reads its tile origins), so a batch's items never wait for a later batch.
         """
         split = self.splitter
-        for item, (probs, maps) in zip(
-            prediction_items(batch, [None] * len(batch["stem"])),
-            self.split_inputs(batch["image"]),
-            strict=True,
-        ):
-            self.pool.submit(split_and_score, split, probs, maps, None, tag=item)
-        batches = self.trainer.num_predict_batches[dataloader_idx]
-        last = not math.isfinite(batches) or batch_idx + 1 >= batches
-        results = self.pool.drain() if last else self.pool.ready()
-        return [{**item, "instances": instances} for item, (instances, _) in results]
+        inputs = self.split_inputs(batch["image"])
+        if len(inputs) == 1 or self.pool.workers == 0:
+            return prediction_items(batch, [split(probs, maps) for probs, maps in inputs])
+        for probs, maps in inputs:
+            self.pool.submit(split_and_score, split, probs, maps, None)
+        return prediction_items(batch, [instances for _, (instances, _) in self.pool.drain()])
 
     def configure_optimizers(self) -> dict[str, Any]:
         return warmup_cosine_optimization(

@@ -42,8 +42,7 @@ def test_workers_score_and_draw_as_this_process_does(
     tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Validation with the split in two worker processes: the same metrics and the same
-    overlays drawn as in-process; prediction too, every image once and in order (a batch
-    returns the images done so far, the last batch the rest)."""
+    overlays drawn as in-process; prediction too, every image in its batch's order."""
     drawn: list[tuple[int, np.ndarray]] = []
 
     def draw(module, batch, prediction, index, normalization) -> None:  # noqa: ANN001
@@ -64,6 +63,13 @@ def test_workers_score_and_draw_as_this_process_does(
         predictions = trainer.predict(model, datamodule=data)
         items = [item for batch in predictions for item in batch]
         assert [item["stem"] for item in items] == ["img0", "img1", "img2"]
+        # a batch of several images (slide tiles) is split in the workers, in order
+        images = torch.rand(3, 3, 64, 64)
+        batch = {"image": images, "stem": ["a", "b", "c"], "path": [None] * 3}
+        several = [item["instances"] for item in model.predict_step(batch, 0)]
+        for one, image in zip(several, images, strict=True):
+            np.testing.assert_array_equal(one, model.predict_instances(image[None])[0])
+        model.teardown("predict")
         return metrics, overlays, [item["instances"] for item in items]
 
     here, there = run(0), run(2)
