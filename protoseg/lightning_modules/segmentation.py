@@ -131,6 +131,7 @@ class SegmentationModule(L.LightningModule):
         tile_size: inference tile side for whole images; 1024 covers a MoNuSeg image at once.
         tile_overlap: px shared by neighbouring inference tiles.
         num_log_images: validation images drawn to TensorBoard per validation run.
+        normalization: the datamodule's (mean, std), used only to draw the logged images.
         postprocess_workers: processes that split (and score) validation and test images
             while the network goes on to the next batch, and split the images of a
             prediction batch of several (slide tiles) side by side
