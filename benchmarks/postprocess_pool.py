@@ -5,7 +5,8 @@ process, then in pools of each ``--workers`` count (worker start included), chec
 instance map and score is the same, and writes the wall times. With ``--checkpoint`` the
 inputs of the config's first ``--images`` validation images are first saved into
 ``--inputs`` (``*.npz``: uint8 ``probs`` (3, H, W) and ``maps`` (C, H, W) with each channel's
-``*_low`` / ``*_high`` range, and the true ``target`` instance map), so that they can be
+``*_low`` / ``*_high`` range, and the true ``target`` instance map; the head's split
+settings in ``split.json``), so that they can be
 carried to another machine (a GPU machine's 16 cores) without the network.
 
     python benchmarks/postprocess_pool.py --inputs runs/split_inputs --workers 1 2 \
@@ -16,6 +17,10 @@ carried to another machine (a GPU machine's 16 cores) without the network.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,17 +35,8 @@ from benchmarks.common import write_result  # noqa: E402
 from protoseg.modules.instance_split import InstanceSplit, split_and_score  # noqa: E402
 from protoseg.modules.postprocess_pool import PostprocessPool  # noqa: E402
 
-# configs/psm/segment_monuseg.yaml's post-processing.
-PSM_HEAD_SPLIT = InstanceSplit(
-    foreground_thresholds=(0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
-    instance_split="distance",
-    min_area=10,
-    min_distance=7,
-    min_peak_probability=0.99,
-    outline_opening=3,
-    centre_offset=0.25,
-    centre_votes=True,
-)
+SPLIT_FILE = "split.json"
+"""The head's post-processing settings, saved beside its inputs so that the timed split is its."""
 
 
 def quantize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,6 +73,7 @@ def save_inputs(args: argparse.Namespace, folder: Path) -> None:
     cli.model.eval()
     cli.datamodule.setup("validate")
     folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / SPLIT_FILE, json.dumps(dataclasses.asdict(cli.model.splitter)).encode())
     for index, batch in enumerate(cli.datamodule.val_dataloader()):
         if index == args.images:
             break
@@ -85,30 +82,54 @@ def save_inputs(args: argparse.Namespace, folder: Path) -> None:
         arrays = {"target": batch["instances"][0].numpy().astype(np.int32)}
         for name, values in (("probs", probs), ("maps", maps)):
             arrays[name], arrays[f"{name}_low"], arrays[f"{name}_high"] = quantize(values)
-        np.savez_compressed(folder / f"{index:02d}_{batch['stem'][0]}.npz", **arrays)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        _write_atomic(folder / f"{index:02d}_{batch['stem'][0]}.npz", buffer.getvalue())
         print(f"saved the split inputs of {batch['stem'][0]}", flush=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through a temporary name: a killed run leaves no half file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def load_split(folder: Path) -> InstanceSplit:
+    """The :class:`InstanceSplit` saved with the inputs in ``folder``."""
+    path = folder / SPLIT_FILE
+    try:
+        settings = json.loads(path.read_text())
+        settings["foreground_thresholds"] = tuple(settings["foreground_thresholds"])
+        return InstanceSplit(**settings)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: not the split settings of saved inputs: {error}") from error
 
 
 def load_inputs(folder: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(probs, maps, target) of every ``*.npz`` in ``folder``, back in float32."""
     inputs = []
     for path in sorted(folder.glob("*.npz")):
-        with np.load(path) as saved:
-            probs, maps = (
-                dequantize(saved[name], saved[f"{name}_low"], saved[f"{name}_high"])
-                for name in ("probs", "maps")
-            )
-            inputs.append((probs, maps, saved["target"]))
+        try:
+            with np.load(path) as saved:
+                probs, maps = (
+                    dequantize(saved[name], saved[f"{name}_low"], saved[f"{name}_high"])
+                    for name in ("probs", "maps")
+                )
+                inputs.append((probs, maps, saved["target"]))
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{path}: not saved split inputs: {error}") from error
     if not inputs:
         raise FileNotFoundError(f"{folder}: no split inputs (*.npz)")
     return inputs
 
 
-def run(pool: PostprocessPool, jobs: list[tuple]) -> tuple[list[Any], float]:
-    """Every job through ``pool`` (submit, then drain) and the wall seconds."""
+def run(pool: PostprocessPool, split: InstanceSplit, jobs: list[tuple]) -> tuple[list[Any], float]:
+    """Every job split by ``split`` through ``pool`` (submit, then drain) and the wall
+    seconds."""
     start = time.perf_counter()
     for probs, maps, target in jobs:
-        pool.submit(split_and_score, PSM_HEAD_SPLIT, probs, maps, target)
+        pool.submit(split_and_score, split, probs, maps, target)
     results = [result for _, result in pool.drain()]
     pool.close()
     return results, round(time.perf_counter() - start, 2)
@@ -128,12 +149,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.checkpoint is not None:
         save_inputs(args, Path(args.inputs))
+    split = load_split(Path(args.inputs))
     jobs = load_inputs(Path(args.inputs)) * args.repeats
-    reference, serial = run(PostprocessPool(0), jobs)
+    reference, serial = run(PostprocessPool(0), split, jobs)
     print(f"in this process: {len(jobs)} images in {serial} s", flush=True)
     pools = {}
     for workers in args.workers:
-        results, seconds = run(PostprocessPool(workers), jobs)
+        results, seconds = run(PostprocessPool(workers), split, jobs)
         same = all(
             np.array_equal(a[0], b[0]) and a[1] == b[1]
             for a, b in zip(results, reference, strict=True)
@@ -150,7 +172,7 @@ def main() -> None:
             "benchmark": "postprocess_pool",
             "images": len(jobs),
             "distinct_images": len(jobs) // args.repeats,
-            "split": repr(PSM_HEAD_SPLIT),
+            "split": repr(split),
             "in_process_seconds": serial,
             "pools": pools,
         },

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.postprocess_pool import dequantize, load_inputs, quantize
+from benchmarks.postprocess_pool import (
+    SPLIT_FILE,
+    dequantize,
+    load_inputs,
+    load_split,
+    quantize,
+)
+from protoseg.modules.instance_split import InstanceSplit
 
 
 def test_quantized_inputs_come_back_within_half_a_step(tmp_path: Path) -> None:
@@ -34,4 +43,16 @@ def test_quantized_inputs_come_back_within_half_a_step(tmp_path: Path) -> None:
 
 def test_an_empty_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_inputs(tmp_path)
+
+
+def test_the_split_settings_come_back_and_bad_files_are_named(tmp_path: Path) -> None:
+    split = InstanceSplit(foreground_thresholds=(0.4, 0.6), instance_split="distance")
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(dataclasses.asdict(split)))
+    assert load_split(tmp_path) == split
+    (tmp_path / SPLIT_FILE).write_text("{")
+    with pytest.raises(ValueError, match=SPLIT_FILE):
+        load_split(tmp_path)
+    (tmp_path / "00_img.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="00_img.npz"):
         load_inputs(tmp_path)
