@@ -68,7 +68,8 @@ class ChainLedger:
             folder is emptied first.
 
     Raises:
-        ValueError: on ``resume`` when the ledger was written with other settings.
+        ValueError: on ``resume`` when the ledger was written with other settings, or is
+            not a ledger (a file cut short or edited by hand).
     """
 
     def __init__(self, run_dir: str | Path, settings: dict[str, Any], resume: bool) -> None:
@@ -78,14 +79,20 @@ class ChainLedger:
         self.kept: list[str] = []
         self._reached: list[str] = []
         if resume and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if saved["settings"] != settings:
+            try:
+                saved = json.loads(self.path.read_text())
+                saved_settings, saved_steps = saved["settings"], saved["steps"]
+            except (ValueError, KeyError, TypeError) as error:
                 raise ValueError(
-                    f"{self.path} was written by a chain started with {saved['settings']}, "
+                    f"{self.path}: not a chain ledger ({error!r}); drop --resume to start again"
+                ) from error
+            if saved_settings != settings:
+                raise ValueError(
+                    f"{self.path} was written by a chain started with {saved_settings}, "
                     f"not {settings}: resume with the same arguments, or drop --resume to "
                     "start again"
                 )
-            self.steps = saved["steps"]
+            self.steps = saved_steps
         else:
             fresh_run_dir(run_dir)
 

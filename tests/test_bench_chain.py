@@ -44,6 +44,12 @@ def test_ledger_refuses_to_resume_other_settings(tmp_path: Path) -> None:
         ChainLedger(tmp_path, {**SETTINGS, "data_root": "other"}, resume=True)
 
 
+def test_a_broken_ledger_is_named(tmp_path: Path) -> None:
+    (tmp_path / LEDGER_NAME).write_text('{"settings": ')
+    with pytest.raises(ValueError, match=f"{LEDGER_NAME}: not a chain ledger"):
+        ChainLedger(tmp_path, SETTINGS, resume=True)
+
+
 def test_without_resume_the_folder_starts_empty(tmp_path: Path) -> None:
     ChainLedger(tmp_path, SETTINGS, resume=False).run("fit", lambda: {"seconds": 1.0})
     (tmp_path / "old.ckpt").write_text("x")
