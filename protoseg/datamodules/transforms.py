@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import albumentations as A
@@ -233,18 +233,34 @@ class RandomCropDataset(Dataset):
     """Augmented random crops; item ``seed`` picks the image and every random choice.
 
     Items: ``image`` (3, h, w) float32; with labels also ``target`` (h, w) int64 three-class
-    (computed after augmentation) and ``instances`` (h, w) int64 ids of the source image.
-    Feed it seeds from :class:`EpochSeedSampler`; plain indices work too (the same crops
-    every epoch).
+    (computed after augmentation), ``instances`` (h, w) int64 ids of the source image and
+    whatever arrays ``crop_targets`` builds from those ids. Feed it seeds from
+    :class:`EpochSeedSampler`; plain indices work too (the same crops every epoch).
+
+    Args:
+        records: the images (and label maps) crops are drawn from.
+        store: reads (and may hold) the records' arrays.
+        crops: items per epoch.
+        transform: :func:`train_transform` or any albumentations pipeline of that form.
+        crop_targets: a picklable callable turning a crop's (h, w) ids into named float
+            arrays (e.g. :class:`~protoseg.modules.centre_targets.CentreTargets`), so that
+            a module's targets are built in the DataLoader's workers; a module may set it
+            before its loader's workers start.
     """
 
     def __init__(
-        self, records: list[ImageRecord], store: ImageStore, crops: int, transform: A.Compose
+        self,
+        records: list[ImageRecord],
+        store: ImageStore,
+        crops: int,
+        transform: A.Compose,
+        crop_targets: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.records = records
         self.store = store
         self.crops = crops
         self.transform = transform
+        self.crop_targets = crop_targets
 
     def __len__(self) -> int:
         return self.crops
@@ -262,4 +278,6 @@ class RandomCropDataset(Dataset):
             crop = out["mask"].astype(np.int64)
             item["target"] = torch.from_numpy(instances_to_three_class(crop).astype(np.int64))
             item["instances"] = torch.from_numpy(crop)
+            if self.crop_targets is not None:
+                item.update((k, torch.from_numpy(v)) for k, v in self.crop_targets(crop).items())
         return item

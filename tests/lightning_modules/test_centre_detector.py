@@ -14,6 +14,7 @@ from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule, points_to_discs
 from protoseg.lightning_modules.segmentation import SegmentationModule, load_centre_weights
 from protoseg.modules import instance_split
+from protoseg.modules.centre_targets import CentreTargets
 from protoseg.modules.networks import UNet
 
 CHANNELS = (16, 16, 8, 8, 8)
@@ -212,3 +213,39 @@ def test_offsets_and_votes_name_their_problems() -> None:
     probs[1] = 1.0
     with pytest.raises(ValueError, match="3 outputs"):
         head.splitter(probs, np.zeros((1, 16, 16), np.float32))
+
+
+def test_loader_workers_build_the_targets_the_step_would(
+    tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    L.seed_everything(0)
+    detector = CentreDetectorModule(tiny_net(3), offset_weight=1.0, tile_size=64, tile_overlap=16)
+    data = MoNuSegDataModule(
+        root=str(tiny_monuseg_root), crop_size=32, crops_per_epoch=8, batch_size=4, num_workers=2
+    )
+    trainer = short_trainer(tiny_monuseg_root.parent / "det", steps=2)
+
+    def not_here(self: CentreTargets, instances: torch.Tensor) -> None:
+        raise AssertionError("the training step built targets the loader should have")
+
+    # Every step of the fit reads targets that its loader's two workers built.
+    with monkeypatch.context() as patch:
+        patch.setattr(CentreTargets, "batch", not_here)
+        trainer.fit(detector, datamodule=data)
+    # The fit handed the targets' description to the crop dataset before its workers began.
+    assert data.train_dataset is not None
+    assert data.train_dataset.crop_targets == detector.crop_targets
+    batch = next(iter(data.train_dataloader()))
+    keys = detector.crop_targets.keys
+    assert set(keys) <= batch.keys()
+    in_process = detector.crop_targets.batch(batch["instances"])
+    for key in keys:
+        torch.testing.assert_close(batch[key], in_process[key], rtol=0, atol=0)
+    # The step reads the loader's targets, and gives the loss of targets built in the step
+    # (a copy of the trained detector outside its trainer, which no longer takes logs).
+    copy = CentreDetectorModule(tiny_net(3), offset_weight=1.0, tile_size=64, tile_overlap=16)
+    copy.load_state_dict(detector.state_dict())
+    copy.eval()
+    from_loader = copy.training_step(batch, 0)
+    without = {k: v for k, v in batch.items() if k not in keys}
+    assert float(from_loader) == float(copy.training_step(without, 0)) > 0
