@@ -88,15 +88,17 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``protoseg`` console script.
 
-    ``protoseg slurm ...`` and ``protoseg report ...`` are plain argparse tools, dispatched
-    before LightningCLI parses; everything else is a LightningCLI subcommand. A fit stopped by
-    SIGTERM/SIGUSR1 (its ``last.ckpt`` saved) exits with status 128 + signal number.
+    ``protoseg slurm ...``, ``protoseg report ...`` and ``protoseg score ...`` are plain
+    argparse tools, dispatched before LightningCLI parses; everything else is a LightningCLI
+    subcommand. A fit stopped by SIGTERM/SIGUSR1 (its ``last.ckpt`` saved) exits with status
+    128 + signal number.
     """
     argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and argv and argv[0] in ("slurm", "report"):
-        from protoseg import report, slurm
+    if isinstance(argv, list) and argv and argv[0] in ("slurm", "report", "score"):
+        from protoseg import report, scoring, slurm
 
-        status = (slurm.main if argv[0] == "slurm" else report.main)(argv[1:])
+        tools = {"slurm": slurm.main, "report": report.main, "score": scoring.main}
+        status = tools[argv[0]](argv[1:])
         if status:
             raise SystemExit(status)
         return
