@@ -110,7 +110,8 @@ def test_config_runs_end_to_end(
         ]
     )
     written = sorted(out.glob("*_overlay.png"))
-    assert len(written) == 2
+    # Two prediction batches of the config's size (whole images, one by default).
+    assert len(written) == 2 * data_args.get("predict_batch_size", 1)
     for overlay in written:
         stem = overlay.name.removesuffix("_overlay.png")
         assert np.array(Image.open(out / f"{stem}.png")).dtype == np.uint16

@@ -19,6 +19,7 @@ from protoseg.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RandomCropDataset,
+    collate_whole_images,
     epoch_seed_sampler,
     evaluation_sampler,
     normalize,
@@ -215,9 +216,9 @@ class MoNuSegDataModule(L.LightningDataModule):
     Training batches: ``image`` float32 (B, 3, h, w) normalised, ``target`` int64 (B, h, w)
     with :mod:`~protoseg.datamodules.targets` classes and ``instances`` int64 (B, h, w)
     (ids of the source image); without any labels or pseudo masks only ``image``.
-    Validation / test / predict batches hold one whole image: ``image`` (1, 3, H, W),
-    ``instances`` int64 (1, H, W) (not in predict, absent without labels), ``stem`` [str]
-    and ``path`` [str].
+    Validation / test batches hold one whole image: ``image`` (1, 3, H, W), ``instances``
+    int64 (1, H, W) (absent without labels), ``stem`` [str] and ``path`` [str]; predict
+    batches ``predict_batch_size`` images of one size, without ``instances``.
 
     The split is image-wise (:func:`split_stems`). Validation and test use the true labels
     only; with ``pseudo_mask_dir`` training uses ``<pseudo_mask_dir>/<stem>.png`` instead
@@ -242,6 +243,9 @@ class MoNuSegDataModule(L.LightningDataModule):
         cache_images: keep the decoded fit/validate images and labels in memory (30
             MoNuSeg images: ~150 MB), so epochs neither re-decode TIFFs nor re-rasterise XML.
         scale_jitter: training crops are rescaled by up to this fraction (0 disables).
+        predict_batch_size: whole images per prediction batch. Above 1 the images must share
+            one size (MoNuSeg's are all 1000 px; other sizes are named in the error), and a
+            head with ``postprocess_workers`` splits a batch's images side by side.
     """
 
     def __init__(
@@ -259,6 +263,7 @@ class MoNuSegDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         cache_images: bool = True,
         scale_jitter: float = 0.1,
+        predict_batch_size: int = 1,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -267,6 +272,7 @@ class MoNuSegDataModule(L.LightningDataModule):
             ("crop_size", crop_size),
             ("crops_per_epoch", crops_per_epoch),
             ("batch_size", batch_size),
+            ("predict_batch_size", predict_batch_size),
         ]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -380,4 +386,8 @@ class MoNuSegDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dataset is None:
             raise RuntimeError("call setup('predict') first")
-        return self._loader(self.predict_dataset, batch_size=1)
+        return self._loader(
+            self.predict_dataset,
+            batch_size=self.hparams.predict_batch_size,
+            collate_fn=collate_whole_images,
+        )

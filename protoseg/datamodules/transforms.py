@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 import cv2
@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
 from protoseg.datamodules.targets import instances_to_three_class
+from protoseg.io.errors import DataError
 
 if TYPE_CHECKING:
     from protoseg.datamodules.monuseg import ImageRecord, ImageStore
@@ -90,6 +91,18 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     scaled = image.astype(np.float32) / np.float32(255.0)
     scaled = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+
+
+def collate_whole_images(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` of whole-image items, after checking that they share one size
+    (the error names the images and their sizes)."""
+    sizes = {tuple(item["image"].shape[-2:]) for item in items}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{item['path']} {tuple(item['image'].shape[-2:])}" for item in items)
+        raise DataError(
+            f"a batch of whole images needs one size, got {listed}: set predict_batch_size: 1"
+        )
+    return default_collate(items)
 
 
 class EpochSeedSampler(DistributedSampler):

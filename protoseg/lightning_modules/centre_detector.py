@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import OptimizerCallable
 from skimage.morphology import dilation, disk
 from torch import nn
@@ -65,11 +66,11 @@ class CentreDetectorModule(L.LightningModule):
     Training batches need ``image`` (B, 3, h, w) and ``instances`` (B, h, w) — the crops of
     :class:`~protoseg.datamodules.monuseg.MoNuSegDataModule`, on pseudo masks or true labels;
     targets are built per crop (:class:`~protoseg.modules.centre_targets.CentreTargets`), so
-    objects cut by a crop's edge are left out. A datamodule whose ``train_dataset`` is a
-    :class:`~protoseg.datamodules.transforms.RandomCropDataset` builds them in its DataLoader
-    workers, beside the network (on 2 CPU cores the targets of a batch of 8 crops of 224 px
-    take ~0.08 s, two workers deliver 13.8 such batches a second); other loaders' batches
-    get them in the training step. Validation
+    objects cut by a crop's edge are left out. On an accelerator a datamodule whose
+    ``train_dataset`` is a :class:`~protoseg.datamodules.transforms.RandomCropDataset`
+    builds them in its DataLoader workers, beside the network (``loader_targets``; the
+    targets of a batch of 8 crops of 224 px take ~0.08 s of one CPU core, and two workers
+    deliver 13.8 such batches a second); otherwise the training step builds them. Validation
     scores the heatmap's peaks against the centroids of the true nuclei (detection
     precision / recall / F1 within ``radius`` px) and logs them over the image. Prediction
     writes one small disc per detected centre.
@@ -97,6 +98,11 @@ class CentreDetectorModule(L.LightningModule):
         radius: largest distance of a matched detection (validation), px.
         tile_size: inference tile side for whole images.
         tile_overlap: px shared by neighbouring inference tiles.
+        loader_targets: build each crop's targets in the training loader's workers (True)
+            or in the training step (False); None (default) does the former when training on
+            an accelerator, where the step's CPU time holds the device back, and the latter
+            on a CPU, which the network's threads already fill (150 steps on 2 cores: 108-110
+            s in the step, 115-125 s in 2 workers).
         num_log_images: validation images drawn to TensorBoard per validation run.
         normalization: the datamodule's (mean, std), used only to draw the logged images.
     """
@@ -116,6 +122,7 @@ class CentreDetectorModule(L.LightningModule):
         radius: float = 6.0,
         tile_size: int = 1024,
         tile_overlap: int = 128,
+        loader_targets: bool | None = None,
         num_log_images: int = 2,
         normalization: Normalization = IMAGENET_NORMALIZATION,
     ) -> None:
@@ -154,11 +161,14 @@ class CentreDetectorModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # The datamodule's setup has built its crop dataset and no loader has started its
-        # workers yet: given the targets' description, the dataset builds them there, beside
-        # the network. Other loaders' batches get their targets in the training step.
+        # workers yet: given the targets' description, the dataset builds them there.
         dataset = getattr(self.trainer.datamodule, "train_dataset", None)
-        if stage == "fit" and isinstance(dataset, RandomCropDataset):
-            dataset.crop_targets = self.crop_targets
+        if stage != "fit" or not isinstance(dataset, RandomCropDataset):
+            return
+        in_loader = self.hparams.loader_targets
+        if in_loader is None:
+            in_loader = not isinstance(self.trainer.accelerator, CPUAccelerator)
+        dataset.crop_targets = self.crop_targets if in_loader else None
 
     def _targets(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The batch's targets: those its loader built, else built here from its crops."""

@@ -23,7 +23,7 @@ from protoseg.metrics import NucleiMetrics
 from protoseg.modules.centres import centre_maps
 from protoseg.modules.instance_split import InstanceSplit, split_and_score
 from protoseg.modules.losses import CEDiceLoss
-from protoseg.modules.postprocess_pool import PostprocessPool
+from protoseg.modules.postprocess_pool import PostprocessPool, Workers
 from protoseg.modules.tiling import predict_tiled_net
 
 Batch = dict[str, Any]
@@ -136,9 +136,11 @@ class SegmentationModule(L.LightningModule):
             while the network goes on to the next batch, and split the images of a
             prediction batch of several (slide tiles) side by side
             (:class:`~protoseg.modules.postprocess_pool.PostprocessPool`); 0 splits them in
-            this process. The figures and maps are the same either way. Worth it when cores
-            idle while the split runs, e.g. on a GPU machine; each worker holds a few images'
-            probabilities (~25 MB for 1000 x 1000 px).
+            this process; ``auto`` half the machine's cores, at least 2
+            (:func:`~protoseg.modules.postprocess_pool.auto_workers`). The figures and maps
+            are the same either way. Worth it when cores idle while the split runs, e.g. on a
+            GPU machine; each worker holds a few images' probabilities (~25 MB for 1000 x
+            1000 px).
     """
 
     def __init__(
@@ -162,7 +164,7 @@ class SegmentationModule(L.LightningModule):
         tile_overlap: int = 128,
         num_log_images: int = 2,
         normalization: Normalization = IMAGENET_NORMALIZATION,
-        postprocess_workers: int = 0,
+        postprocess_workers: Workers = 0,
     ) -> None:
         super().__init__()
         if not 0 <= tile_overlap < tile_size:

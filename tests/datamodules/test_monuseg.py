@@ -175,6 +175,18 @@ def test_test_and_predict_loaders(tmp_path: Path, make_monuseg_root: MakeRoot) -
     assert len(predicted) == 3 and "instances" not in predicted[0]
     assert predicted[0]["image"].shape == (1, 3, 64, 64)
 
+    module = data(root, predict_batch_size=2)
+    module.setup("predict")
+    assert [b["stem"] for b in module.predict_dataloader()] == [["img0", "img1"], ["img2"]]
+    # Whole images of two sizes cannot share a batch: the error names them.
+    Image.new("RGB", (48, 64), "white").save(root / "images" / "img3.png")
+    module = data(root, label_source="none", predict_batch_size=2)
+    module.setup("predict")
+    with pytest.raises(DataError, match=r"one size, got .*img2\.png \(64, 64\), .*img3\.png"):
+        list(module.predict_dataloader())
+    with pytest.raises(ValueError, match="predict_batch_size must be >= 1"):
+        data(root, predict_batch_size=0)
+
     unlabelled = data(make_monuseg_root(tmp_path / "u", labels=()))
     with pytest.raises(DataError, match="no labelled images"):
         unlabelled.setup("test")

@@ -42,7 +42,8 @@ def test_workers_score_and_draw_as_this_process_does(
     tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Validation with the split in two worker processes: the same metrics and the same
-    overlays drawn as in-process; prediction too, every image in its batch's order."""
+    overlays drawn as in-process; prediction too, one image or two to a batch, every image
+    in its batch's order."""
     drawn: list[tuple[int, np.ndarray]] = []
 
     def draw(module, batch, prediction, index, normalization) -> None:  # noqa: ANN001
@@ -69,6 +70,14 @@ def test_workers_score_and_draw_as_this_process_does(
         several = [item["instances"] for item in model.predict_step(batch, 0)]
         for one, image in zip(several, images, strict=True):
             np.testing.assert_array_equal(one, model.predict_instances(image[None])[0])
+        # whole images two to a batch (split side by side with workers), in order
+        paired = tiny_data(tiny_monuseg_root, predict_batch_size=2)
+        batches = trainer.predict(model, datamodule=paired)
+        assert [[item["stem"] for item in batch] for batch in batches] == [
+            ["img0", "img1"],
+            ["img2"],
+        ]
+        items += [item for batch in batches for item in batch]
         model.teardown("predict")
         return metrics, overlays, [item["instances"] for item in items]
 
@@ -77,7 +86,7 @@ def test_workers_score_and_draw_as_this_process_does(
     assert [index for index, _ in here[1]] == [index for index, _ in there[1]] == [0, 1]
     for (_, a), (_, b) in zip(here[1], there[1], strict=True):
         np.testing.assert_array_equal(a, b)
-    assert len(here[2]) == len(there[2]) == 3
+    assert len(here[2]) == len(there[2]) == 6
     for a, b in zip(here[2], there[2], strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -3,6 +3,7 @@ same results in worker processes as in this one."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 
@@ -11,7 +12,7 @@ import pytest
 
 from protoseg.metrics.functional import nuclei_scores
 from protoseg.modules.instance_split import InstanceSplit, split_and_score
-from protoseg.modules.postprocess_pool import PostprocessPool
+from protoseg.modules.postprocess_pool import PostprocessPool, auto_workers
 
 
 def _slow_square(value: int) -> int:
@@ -38,6 +39,16 @@ def _discs_probs(size: int = 48) -> tuple[np.ndarray, np.ndarray]:
 def test_workers_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match=">= 0"):
         PostprocessPool(-1)
+    with pytest.raises(ValueError, match="'all'"):
+        PostprocessPool("all")  # type: ignore[arg-type]
+
+
+def test_auto_takes_half_the_cores_and_at_least_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [auto_workers(n) for n in (1, 2, 3, 4, 16, 64)] == [0, 2, 2, 2, 8, 32]
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert auto_workers() == 8 and PostprocessPool("auto").workers == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert PostprocessPool("auto").workers == 0
 
 
 def test_in_process_pool_runs_each_call_at_once() -> None:
