@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import bench_overrides, fresh_run_dir, rounded, timed
+from protoseg.io.images import write_text_atomic
 
 LEDGER_NAME = "chain.json"
 
@@ -121,9 +121,7 @@ class ChainLedger:
 
     def _write(self) -> None:
         payload = {"settings": self.settings, "steps": self.steps}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(payload, indent=2) + "\n")
 
 
 class _LazyCli:

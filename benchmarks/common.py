@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from protoseg.io.images import write_text_atomic
 from protoseg.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,9 +98,7 @@ def write_result(path: str | Path, figures: dict[str, Any]) -> Path:
         "machine": machine_info(),
         **figures,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
     return path
 
 

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
+from protoseg.io.images import write_bytes_atomic, write_text_atomic  # noqa: E402
 from protoseg.modules.instance_split import InstanceSplit, split_and_score  # noqa: E402
 from protoseg.modules.postprocess_pool import PostprocessPool  # noqa: E402
 
@@ -73,7 +73,7 @@ def save_inputs(args: argparse.Namespace, folder: Path) -> None:
     cli.model.eval()
     cli.datamodule.setup("validate")
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / SPLIT_FILE, json.dumps(dataclasses.asdict(cli.model.splitter)).encode())
+    write_text_atomic(folder / SPLIT_FILE, json.dumps(dataclasses.asdict(cli.model.splitter)))
     for index, batch in enumerate(cli.datamodule.val_dataloader()):
         if index == args.images:
             break
@@ -84,15 +84,8 @@ def save_inputs(args: argparse.Namespace, folder: Path) -> None:
             arrays[name], arrays[f"{name}_low"], arrays[f"{name}_high"] = quantize(values)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        _write_atomic(folder / f"{index:02d}_{batch['stem'][0]}.npz", buffer.getvalue())
+        write_bytes_atomic(folder / f"{index:02d}_{batch['stem'][0]}.npz", buffer.getvalue())
         print(f"saved the split inputs of {batch['stem'][0]}", flush=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` through a temporary name: a killed run leaves no half file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def load_split(folder: Path) -> InstanceSplit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -85,6 +86,10 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
     )
 
 
+#: Plain argparse tools dispatched before LightningCLI parses, and their modules.
+TOOLS = {"slurm": "protoseg.slurm", "report": "protoseg.report", "score": "protoseg.scoring"}
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``protoseg`` console script.
 
@@ -94,11 +99,10 @@ def main(args: ArgsType = None) -> None:
     128 + signal number.
     """
     argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and argv and argv[0] in ("slurm", "report", "score"):
-        from protoseg import report, scoring, slurm
-
-        tools = {"slurm": slurm.main, "report": report.main, "score": scoring.main}
-        status = tools[argv[0]](argv[1:])
+    if isinstance(argv, list) and argv and argv[0] in TOOLS:
+        # Only the tool asked for is imported: `protoseg score` loads the MoNuSeg datamodule
+        # (albumentations, OpenCV), which `protoseg slurm` and `protoseg report` do not need.
+        status = importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         if status:
             raise SystemExit(status)
         return

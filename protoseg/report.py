@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from protoseg.io.errors import DataError
+from protoseg.io.images import write_text_atomic
 
 Row = dict[str, Any]
 # Machine keys worth a column; the rest (python, platform, ...) stays in the JSON files.
@@ -193,9 +194,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(output)
+    write_text_atomic(args.output, text)
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from protoseg.datamodules.monuseg import ImageStore, find_records
 from protoseg.io.errors import DataError
-from protoseg.io.images import read_instance_png, read_rgb
+from protoseg.io.images import read_instance_png, read_rgb, write_text_atomic
 from protoseg.metrics.functional import nuclei_scores
 from protoseg.metrics.nuclei import METRIC_NAMES
 
@@ -118,9 +118,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     sys.stdout.write(_table(result))
     if args.output is not None:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(output)
+        write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
     return 0

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from protoseg.io.images import write_text_atomic
+
 DDP_PRESET = "configs/trainer/ddp.yaml"
 # [D-]HH:MM:SS, the unambiguous subset of sbatch's --time formats.
 TIME_PATTERN = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
@@ -181,9 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(output)
+    write_text_atomic(output, text)
     print(f"protoseg: wrote {output} (submit with: sbatch {output})", file=sys.stderr)
     return 0

@@ -141,7 +141,11 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
     _write_atomic(path, lambda handle: image.save(handle, format="PNG"))
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Writes bytes atomically (temporary file + rename), creating parent folders."""
+    _write_atomic(path, lambda handle: handle.write(data))
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Writes UTF-8 text atomically (temporary file + rename), creating parent folders."""
-    data = text.encode("utf-8")
-    _write_atomic(path, lambda handle: handle.write(data))
+    write_bytes_atomic(path, text.encode("utf-8"))
