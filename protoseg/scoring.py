@@ -24,7 +24,7 @@ import numpy as np
 
 from protoseg.datamodules.monuseg import ImageStore, find_records
 from protoseg.io.errors import DataError
-from protoseg.io.images import read_instance_png, read_rgb, write_text_atomic
+from protoseg.io.images import read_instance_png, write_text_atomic
 from protoseg.metrics.functional import nuclei_scores
 from protoseg.metrics.nuclei import METRIC_NAMES
 
@@ -68,11 +68,11 @@ def score_predictions(
         if not path.is_file():
             raise DataError(f"{path}: prediction missing for {record.image_path}")
         predicted = read_instance_png(path)
-        shape = read_rgb(record.image_path).shape[:2]
+        image, target = store.load(record)
+        shape = image.shape[:2]
         if predicted.shape != shape:
             raise DataError(f"{path}: prediction {predicted.shape} != image {shape}")
-        assert record.label_format is not None
-        target = store.instances(record.label_path, record.label_format, shape)
+        assert target is not None
         scores = nuclei_scores(predicted, target.astype(np.int64), iou_threshold)
         per_image[record.stem] = {"label_format": record.label_format, **scores}
     by_format: dict[str, Any] = {}
