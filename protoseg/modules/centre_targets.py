@@ -3,7 +3,8 @@
 Finding a crop's convex pseudo nuclei (``regionprops`` and their convex hulls) and drawing
 their heatmap and offsets costs ~10 ms a 224 px crop on one CPU core: ~0.1 s a batch of 8.
 Built in the training step, that runs in the process that feeds the accelerator, between its
-steps; on a GPU, whose step of the same network takes ~0.04 s, it bounds the detector.
+steps; on a GPU, whose step of the same network takes ~0.04 s, it likely bounds the
+detector (not yet measured there).
 :class:`CentreTargets` is a picklable, frozen description of the targets, so the training
 dataset's DataLoader workers can build them beside the network
 (:class:`~protoseg.datamodules.transforms.RandomCropDataset` ``crop_targets``).
