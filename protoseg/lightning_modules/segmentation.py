@@ -136,7 +136,8 @@ class SegmentationModule(L.LightningModule):
             while the network goes on to the next batch, and split the images of a
             prediction batch of several (slide tiles) side by side
             (:class:`~protoseg.modules.postprocess_pool.PostprocessPool`); 0 splits them in
-            this process; ``auto`` half the machine's cores, at least 2
+            this process; ``auto`` half the cores this process may use (its affinity mask's
+            or SLURM's share, split among the DDP ranks on the node), at least 2
             (:func:`~protoseg.modules.postprocess_pool.auto_workers`). The figures and maps
             are the same either way. Worth it when cores idle while the split runs, e.g. on a
             GPU machine; each worker holds a few images' probabilities (~25 MB for 1000 x
@@ -211,7 +212,11 @@ class SegmentationModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        """Loads the centre detector's weights before a fit (a checkpoint restores them after)."""
+        """Shares the post-processing workers' cores among the trainer's processes on this
+        node (its DDP ranks each run a pool), and loads the centre detector's weights before
+        a fit (a checkpoint restores them after)."""
+        if self._trainer is not None:
+            self.pool.share(max(1, self._trainer.num_devices))
         if stage == "fit" and self.centre_net is not None:
             load_centre_weights(self.centre_net, self.hparams.centre_weights)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -89,6 +90,18 @@ def test_workers_score_and_draw_as_this_process_does(
     assert len(here[2]) == len(there[2]) == 6
     for a, b in zip(here[2], there[2], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_auto_workers_share_the_node_among_ddp_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 4 DDP ranks on a 16-core machine each rank's pool takes 2 workers, not 8."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    model = tiny_module(postprocess_workers="auto")
+    model.setup("validate")  # no trainer attached: the machine's cores
+    assert model.pool.workers == 8
+    model.trainer = L.Trainer(accelerator="cpu", devices=4, strategy="ddp_spawn", logger=False)
+    model.setup("validate")
+    assert model.pool.workers == 2
 
 
 def test_checkpoint_rebuilds_module(tiny_monuseg_root: Path, tmp_path: Path) -> None:

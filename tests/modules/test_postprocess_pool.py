@@ -12,7 +12,11 @@ import pytest
 
 from protoseg.metrics.functional import nuclei_scores
 from protoseg.modules.instance_split import InstanceSplit, split_and_score
-from protoseg.modules.postprocess_pool import PostprocessPool, auto_workers
+from protoseg.modules.postprocess_pool import (
+    PostprocessPool,
+    auto_workers,
+    usable_cores,
+)
 
 
 def _slow_square(value: int) -> int:
@@ -43,12 +47,56 @@ def test_workers_must_not_be_negative() -> None:
         PostprocessPool("all")  # type: ignore[arg-type]
 
 
+def _machine(monkeypatch: pytest.MonkeyPatch, cores: int, **slurm: str) -> None:
+    """This process may use ``cores`` cores of a 64-core node, with SLURM's variables."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_auto_takes_half_the_cores_and_at_least_two(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [auto_workers(n) for n in (1, 2, 3, 4, 16, 64)] == [0, 2, 2, 2, 8, 32]
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    _machine(monkeypatch, cores=16)
     assert auto_workers() == 8 and PostprocessPool("auto").workers == 8
-    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    _machine(monkeypatch, cores=1)
     assert PostprocessPool("auto").workers == 0
+
+
+def test_usable_cores_are_the_affinity_masks_not_the_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _machine(monkeypatch, cores=16)
+    assert usable_cores() == 16  # taskset / cpuset: 16 of the node's 64
+    # four DDP ranks started on this machine by Lightning or torchrun share them
+    assert usable_cores(4) == 4 and usable_cores(32) == 1
+    with pytest.raises(ValueError, match=">= 1"):
+        usable_cores(0)
+
+
+def test_usable_cores_under_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    # protoseg slurm's layout: one srun task per GPU, each with its own --cpus-per-task
+    _machine(monkeypatch, cores=64, SLURM_CPUS_PER_TASK="8", SLURM_NTASKS_PER_NODE="4")
+    assert usable_cores(4) == 8
+    # one task whose 8 cores Lightning's launcher shares among 4 ranks
+    _machine(monkeypatch, cores=64, SLURM_CPUS_PER_TASK="8")
+    assert usable_cores(4) == 2 and usable_cores() == 8
+    # SLURM's figure never exceeds what the affinity mask allows
+    _machine(monkeypatch, cores=4, SLURM_CPUS_PER_TASK="8")
+    assert usable_cores() == 4
+
+
+def test_auto_pool_shares_the_node_among_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, cores=64)
+    pool = PostprocessPool("auto")
+    assert pool.workers == 32
+    pool.share(8)  # 8 DDP ranks, each with a pool: 8 x 4 workers, not 8 x 32
+    assert pool.workers == 4
+    assert PostprocessPool(3, processes=8).workers == 3, "an explicit count is kept"
+    with pytest.raises(ValueError, match=">= 1"):
+        pool.share(0)
 
 
 def test_in_process_pool_runs_each_call_at_once() -> None:
