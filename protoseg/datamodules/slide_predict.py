@@ -285,7 +285,10 @@ class WSIPredictDataModule(L.LightningDataModule):
             raise ValueError(f"mpp and default_mpp must be > 0, got {mpp}, {default_mpp}")
         if min_tissue is not None and not 0.0 <= min_tissue < 1.0:
             raise ValueError(f"min_tissue must be in [0, 1) or None, got {min_tissue}")
-        self.save_hyperparameters()
+        # Not logged beside the module's: its tile_size (slide tiles) and the heads' tile_size
+        # (inference tiles) differ, and Lightning refuses to merge a key of two values. The
+        # CLI's config.yaml in the log folder keeps them.
+        self.save_hyperparameters(logger=False)
         self.mean, self.std = tuple(mean), tuple(std)
         self.grids: list[SlideGrid] = []
         self.predict_dataset: SlideTileDataset | None = None

@@ -193,7 +193,10 @@ class WSITileDataModule(L.LightningDataModule):
             raise ValueError(f"mpp and default_mpp must be > 0, got {mpp}, {default_mpp}")
         if not 0.0 <= min_tissue <= 1.0:
             raise ValueError(f"min_tissue must be in [0, 1], got {min_tissue}")
-        self.save_hyperparameters()
+        # Not logged beside the module's: its tile_size (slide tiles) and the heads' tile_size
+        # (inference tiles) differ, and Lightning refuses to merge a key of two values. The
+        # CLI's config.yaml in the log folder keeps them.
+        self.save_hyperparameters(logger=False)
         self.slide_tiles: list[SlideTiles] = []
         self.train_dataset: WSITileDataset | None = None
 

@@ -213,7 +213,9 @@ def test_cli_predicts_a_slide_with_the_shipped_config(nuclei_slide: Path, tmp_pa
             f"--config={ROOT / 'configs/quickstart.yaml'}",
             "--model.net.decoder_channels=[16,16,8,8,8]",
             f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.logger=false",
+            # the config's TensorBoard logger kept: the slide datamodule's tile_size must not
+            # clash with the head's when Lightning logs both's hyperparameters
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
             f"--data={ROOT / 'configs/wsi/predict.yaml'}",
             f"--data.slides=[{nuclei_slide}]",
