@@ -22,6 +22,7 @@ from skimage.morphology import dilation, disk
 from torch import nn
 
 from protoseg.datamodules.transforms import RandomCropDataset
+from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Batch,
@@ -160,6 +161,7 @@ class CentreDetectorModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
+        channels_last_under_ddp(self)  # before the DDP wrap (ddp_layout.py)
         # The datamodule's setup has built its crop dataset and no loader has started its
         # workers yet: given the targets' description, the dataset builds them there.
         dataset = getattr(self.trainer.datamodule, "train_dataset", None)

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
+from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Normalization,
@@ -213,10 +214,12 @@ class SegmentationModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Shares the post-processing workers' cores among the trainer's processes on this
-        node (its DDP ranks each run a pool), and loads the centre detector's weights before
-        a fit (a checkpoint restores them after)."""
+        node (its DDP ranks each run a pool), lays the weights out channels-last under DDP
+        (:mod:`~protoseg.lightning_modules.ddp_layout`), and loads the centre detector's
+        weights before a fit (a checkpoint restores them after)."""
         if self._trainer is not None:
             self.pool.share(max(1, self._trainer.num_devices))
+        channels_last_under_ddp(self)
         if stage == "fit" and self.centre_net is not None:
             load_centre_weights(self.centre_net, self.hparams.centre_weights)
 

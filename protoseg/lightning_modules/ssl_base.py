@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from protoseg.lightning_modules.batch_rng import batch_rng, training_batch_index
+from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.time_budget import warmup_cosine_within_budget
 from protoseg.modules.backbones import save_encoder_checkpoint
 
@@ -69,6 +70,11 @@ class SSLModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.base_lr_batch_size = base_lr_batch_size
         self.total_steps = 1
+
+    def setup(self, stage: str) -> None:
+        """Lays the weights out channels-last under DDP, like the views
+        (:mod:`~protoseg.lightning_modules.ddp_layout`)."""
+        channels_last_under_ddp(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features (B, F) of normalised images (B, 3, H, W)."""

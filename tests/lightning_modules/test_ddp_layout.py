@@ -1,0 +1,50 @@
+"""Under DDP the modules that feed channels-last batches put their weights in that layout
+before the wrap, so the gradients match DDP's buckets; one process keeps them as they are."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from protoseg.lightning_modules.centre_detector import CentreDetectorModule
+from protoseg.lightning_modules.segmentation import SegmentationModule
+from protoseg.lightning_modules.simclr import SimCLRModule
+from protoseg.modules.networks import UNet
+
+
+def _conv_weights(module: nn.Module) -> list[torch.Tensor]:
+    return [p for p in module.parameters() if p.dim() == 4]
+
+
+def _trainer(devices: int) -> L.Trainer:
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False)
+
+
+def _modules() -> list[L.LightningModule]:
+    def tiny_unet(classes: int) -> UNet:
+        return UNet("resnet18", decoder_channels=(16, 16, 8, 8, 8), num_classes=classes)
+
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    backbone.num_features = 8  # type: ignore[assignment]
+    return [
+        SegmentationModule(net=tiny_unet(3)),
+        CentreDetectorModule(net=tiny_unet(3)),
+        SimCLRModule(backbone=backbone, augment=nn.Identity()),
+    ]
+
+
+def test_weights_go_channels_last_under_ddp_only() -> None:
+    for devices in (1, 2):
+        for module in _modules():
+            module.trainer = _trainer(devices)
+            module.setup("fit")
+            weights = _conv_weights(module)
+            assert weights, type(module).__name__
+            channels_last = [w.is_contiguous(memory_format=torch.channels_last) for w in weights]
+            contiguous = [w.is_contiguous() for w in weights]
+            if devices == 1:
+                assert all(contiguous), f"{type(module).__name__}: one process keeps the layout"
+            else:
+                assert all(channels_last), f"{type(module).__name__}: DDP needs channels-last"
