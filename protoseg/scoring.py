@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from protoseg.datamodules.monuseg import ImageStore, find_records
 from protoseg.io.errors import DataError
@@ -61,12 +62,16 @@ def score_predictions(
     records = [r for r in find_records(root, label_source) if r.label_path is not None]
     if not records:
         raise DataError(f"{root}: no labelled images (label_source={label_source!r})")
-    store = ImageStore()
-    per_image: dict[str, dict[str, Any]] = {}
+    # every prediction checked before the first is scored: a missing one fails at once
     for record in records:
         path = predictions / f"{record.stem}.png"
         if not path.is_file():
             raise DataError(f"{path}: prediction missing for {record.image_path}")
+    store = ImageStore()
+    per_image: dict[str, dict[str, Any]] = {}
+    # the bar shows on a terminal only (disable=None), on stderr beside the printed table
+    for record in tqdm(records, desc="scoring", unit="image", disable=None):
+        path = predictions / f"{record.stem}.png"
         predicted = read_instance_png(path)
         image, target = store.load(record)
         shape = image.shape[:2]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from protoseg import scoring
 from protoseg.cli import main
 from protoseg.datamodules.monuseg import ImageStore, find_records
 from protoseg.io.errors import DataError
@@ -96,3 +97,17 @@ def test_bad_inputs_are_named(mixed_root: Path, tmp_path: Path) -> None:
         score_predictions(tmp_path / "pred", mixed_root)
     with pytest.raises(SystemExit):
         main(["score", "--predictions", str(tmp_path / "nowhere"), "--root", str(mixed_root)])
+
+
+def test_a_missing_prediction_fails_before_any_image_is_scored(
+    mixed_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_predictions(mixed_root, tmp_path / "pred")
+    sorted((tmp_path / "pred").glob("*.png"))[-1].unlink()
+
+    def scored(*args: object) -> None:
+        raise AssertionError("an image was scored before the missing prediction was found")
+
+    monkeypatch.setattr(scoring, "nuclei_scores", scored)
+    with pytest.raises(DataError, match="prediction missing"):
+        score_predictions(tmp_path / "pred", mixed_root)
