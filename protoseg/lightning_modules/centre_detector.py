@@ -27,6 +27,7 @@ from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Batch,
     Normalization,
+    log_gathered,
     log_overlay,
     prediction_items,
 )
@@ -220,7 +221,7 @@ class CentreDetectorModule(L.LightningModule):
             log_overlay(self, batch, discs, batch_idx, self.hparams.normalization)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute())
+        log_gathered(self, self.val_metrics.compute())
         self.val_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:

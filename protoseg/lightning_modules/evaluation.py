@@ -31,6 +31,14 @@ def update_metrics(metrics: NucleiMetrics, predictions: list[np.ndarray], batch:
     )
 
 
+def log_gathered(module: L.LightningModule, values: dict[str, Any]) -> None:
+    """Logs epoch-level metric values that every DDP rank already holds (the metrics gathered
+    their states across ranks). ``sync_dist`` averages equal values, so it changes no
+    figure, and it quiets Lightning's warning that unsynced epoch values may differ between
+    ranks."""
+    module.log_dict(values, sync_dist=True)
+
+
 def log_overlay(
     module: L.LightningModule,
     batch: Batch,

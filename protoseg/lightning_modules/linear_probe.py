@@ -24,6 +24,7 @@ from skimage.morphology import remove_small_objects
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Normalization,
+    log_gathered,
     log_overlay,
     prediction_items,
     update_metrics,
@@ -127,8 +128,8 @@ class LinearProbeModule(L.LightningModule):
     def _log_scores(self, metrics: NucleiMetrics, prefix: str) -> None:
         counts = self.all_gather(self._counts.to(self.device))
         counts = counts.view(-1, 2).sum(dim=0)
-        self.log(f"{prefix}dice", dice_from_counts(int(counts[0]), int(counts[1])))
-        self.log_dict(metrics.compute())
+        dice = dice_from_counts(int(counts[0]), int(counts[1]))
+        log_gathered(self, {f"{prefix}dice": dice, **metrics.compute()})
         metrics.reset()
         self._counts.zero_()
 

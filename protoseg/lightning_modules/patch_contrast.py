@@ -66,6 +66,7 @@ from protoseg.lightning_modules.evaluation import (
     Batch,
     Normalization,
     batch_rgb,
+    log_gathered,
     log_overlay,
     prediction_items,
     update_metrics,
@@ -300,14 +301,14 @@ class PatchContrastModule(L.LightningModule):
             log_overlay(self, batch, instances[0], batch_idx, self.hparams.normalization)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute())
+        log_gathered(self, self.val_metrics.compute())
         self.val_metrics.reset()
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         update_metrics(self.test_metrics, self.predict_masks(batch)[0], batch)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        log_gathered(self, self.test_metrics.compute())
         self.test_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:

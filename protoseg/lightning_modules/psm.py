@@ -54,6 +54,7 @@ from protoseg.lightning_modules.evaluation import (
     Batch,
     Normalization,
     batch_rgb,
+    log_gathered,
     log_overlay,
     prediction_items,
     update_metrics,
@@ -250,9 +251,9 @@ class PSMModule(SSLModule):
 
     def on_validation_epoch_end(self) -> None:
         if "masks" in self._scored:
-            self.log_dict(self.val_metrics.compute())
+            log_gathered(self, self.val_metrics.compute())
         if "points" in self._scored:
-            self.log_dict(self.val_detection.compute())
+            log_gathered(self, self.val_detection.compute())
         self.val_metrics.reset()
         self.val_detection.reset()
         self._scored.clear()
@@ -261,7 +262,7 @@ class PSMModule(SSLModule):
         update_metrics(self.test_metrics, self.predict_masks(batch)[0], batch)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        log_gathered(self, self.test_metrics.compute())
         self.test_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Normalization,
+    log_gathered,
     log_overlay,
     prediction_items,
 )
@@ -302,7 +303,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._collect(self.val_metrics, self.pool.drain())
-        self.log_dict(self.val_metrics.compute(), prog_bar=False, sync_dist=False)
+        log_gathered(self, self.val_metrics.compute())
         self.val_metrics.reset()
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
@@ -310,7 +311,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._collect(self.test_metrics, self.pool.drain())
-        self.log_dict(self.test_metrics.compute())
+        log_gathered(self, self.test_metrics.compute())
         self.test_metrics.reset()
 
     def teardown(self, stage: str) -> None:
