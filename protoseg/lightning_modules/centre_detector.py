@@ -162,7 +162,7 @@ class CentreDetectorModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        channels_last_under_ddp(self)  # before the DDP wrap (ddp_layout.py)
+        channels_last_under_ddp(self, stage)  # before the DDP wrap (ddp_layout.py)
         # The datamodule's setup has built its crop dataset and no loader has started its
         # workers yet: given the targets' description, the dataset builds them there.
         dataset = getattr(self.trainer.datamodule, "train_dataset", None)

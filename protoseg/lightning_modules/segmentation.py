@@ -215,12 +215,12 @@ class SegmentationModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Shares the post-processing workers' cores among the trainer's processes on this
-        node (its DDP ranks each run a pool), lays the weights out channels-last under DDP
+        node (its DDP ranks each run a pool), lays the weights out channels-last for a DDP fit
         (:mod:`~protoseg.lightning_modules.ddp_layout`), and loads the centre detector's
         weights before a fit (a checkpoint restores them after)."""
         if self._trainer is not None:
             self.pool.share(max(1, self._trainer.num_devices))
-        channels_last_under_ddp(self)
+        channels_last_under_ddp(self, stage)
         if stage == "fit" and self.centre_net is not None:
             load_centre_weights(self.centre_net, self.hparams.centre_weights)
 

@@ -72,9 +72,9 @@ class SSLModule(L.LightningModule):
         self.total_steps = 1
 
     def setup(self, stage: str) -> None:
-        """Lays the weights out channels-last under DDP, like the views
+        """Lays the weights out channels-last for a DDP fit, like the views
         (:mod:`~protoseg.lightning_modules.ddp_layout`)."""
-        channels_last_under_ddp(self)
+        channels_last_under_ddp(self, stage)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features (B, F) of normalised images (B, 3, H, W)."""

@@ -1,5 +1,6 @@
-"""Under DDP the modules that feed channels-last batches put their weights in that layout
-before the wrap, so the gradients match DDP's buckets; one process keeps them as they are."""
+"""For a DDP fit the modules that feed channels-last batches put their weights in that
+layout before the wrap, so the gradients match DDP's buckets; one process, and DDP
+validation, test and prediction, keep them as they are."""
 
 from __future__ import annotations
 
@@ -35,16 +36,16 @@ def _modules() -> list[L.LightningModule]:
     ]
 
 
-def test_weights_go_channels_last_under_ddp_only() -> None:
-    for devices in (1, 2):
+def test_weights_go_channels_last_for_a_ddp_fit_only() -> None:
+    for devices, stage in ((1, "fit"), (2, "predict"), (2, "validate"), (2, "fit")):
         for module in _modules():
             module.trainer = _trainer(devices)
-            module.setup("fit")
+            module.setup(stage)
+            name = f"{type(module).__name__} ({devices} processes, {stage})"
             weights = _conv_weights(module)
-            assert weights, type(module).__name__
+            assert weights, name
             channels_last = [w.is_contiguous(memory_format=torch.channels_last) for w in weights]
-            contiguous = [w.is_contiguous() for w in weights]
-            if devices == 1:
-                assert all(contiguous), f"{type(module).__name__}: one process keeps the layout"
+            if devices == 2 and stage == "fit":
+                assert all(channels_last), f"{name}: DDP's buckets need channels-last"
             else:
-                assert all(channels_last), f"{type(module).__name__}: DDP needs channels-last"
+                assert all(w.is_contiguous() for w in weights), f"{name}: layout kept"
