@@ -13,12 +13,13 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from protoseg.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RandomCropDataset,
+    SameSizeBatchSampler,
     collate_whole_images,
     epoch_seed_sampler,
     evaluation_sampler,
@@ -27,7 +28,7 @@ from protoseg.datamodules.transforms import (
 )
 from protoseg.io.aperio_xml import rasterize_polygons, read_aperio_polygons
 from protoseg.io.errors import DataError
-from protoseg.io.images import read_instance_png, read_rgb
+from protoseg.io.images import image_size, read_instance_png, read_rgb
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LabelFormat = Literal["xml", "png"]
@@ -243,9 +244,9 @@ class MoNuSegDataModule(L.LightningDataModule):
         cache_images: keep the decoded fit/validate images and labels in memory (30
             MoNuSeg images: ~150 MB), so epochs neither re-decode TIFFs nor re-rasterise XML.
         scale_jitter: training crops are rescaled by up to this fraction (0 disables).
-        predict_batch_size: whole images per prediction batch. Above 1 the images must share
-            one size (MoNuSeg's are all 1000 px; other sizes are named in the error), and a
-            head with ``postprocess_workers`` splits a batch's images side by side.
+        predict_batch_size: whole images per prediction batch, at most; a batch holds
+            images of one size (a folder of mixed sizes is batched size by size), and a head
+            with ``postprocess_workers`` splits a batch's images side by side.
     """
 
     def __init__(
@@ -386,8 +387,13 @@ class MoNuSegDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dataset is None:
             raise RuntimeError("call setup('predict') first")
+        batch_size = self.hparams.predict_batch_size
+        if batch_size == 1:
+            return self._loader(self.predict_dataset, batch_size=1, collate_fn=collate_whole_images)
+        # Several to a batch: images of one size together, read from their headers.
+        sizes = [image_size(record.image_path) for record in self.predict_dataset.records]
+        in_order = SequentialSampler(self.predict_dataset)
+        batches = SameSizeBatchSampler(in_order, batch_size, drop_last=False, sizes=sizes)
         return self._loader(
-            self.predict_dataset,
-            batch_size=self.hparams.predict_batch_size,
-            collate_fn=collate_whole_images,
+            self.predict_dataset, batch_sampler=batches, collate_fn=collate_whole_images
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import albumentations as A
@@ -14,7 +15,13 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    default_collate,
+)
 
 from protoseg.datamodules.targets import instances_to_three_class
 from protoseg.io.errors import DataError
@@ -103,6 +110,51 @@ def collate_whole_images(items: list[dict[str, Any]]) -> dict[str, Any]:
             f"a batch of whole images needs one size, got {listed}: set predict_batch_size: 1"
         )
     return default_collate(items)
+
+
+class SameSizeBatchSampler(BatchSampler):
+    """Batches of up to ``batch_size`` of ``sampler``'s indices whose images share one size,
+    so that whole images of a folder of mixed sizes can be predicted several to a batch.
+
+    Indices are taken in the sampler's order; each size collects its own batch, which is
+    yielded as soon as it is full, and the unfilled ones follow at the end (dropped with
+    ``drop_last``). Lightning rebuilds it around its own sampler (a ``DistributedSampler``
+    under DDP, so each rank batches its share).
+
+    Args:
+        sampler: indices into the dataset.
+        batch_size: images per batch at most.
+        drop_last: drop each size's last unfilled batch.
+        sizes: (height, width) of every dataset item, by index.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Iterable[int],
+        batch_size: int,
+        drop_last: bool,
+        sizes: Sequence[tuple[int, int]],
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.sizes = [tuple(size) for size in sizes]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        pending: dict[tuple[int, ...], list[int]] = {}
+        for index in self.sampler:
+            size = self.sizes[index]
+            batch = pending.setdefault(size, [])
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch
+                pending[size] = []
+        if not self.drop_last:
+            yield from (batch for batch in pending.values() if batch)
+
+    def __len__(self) -> int:
+        counts = Counter(self.sizes[index] for index in self.sampler)
+        if self.drop_last:
+            return sum(count // self.batch_size for count in counts.values())
+        return sum(math.ceil(count / self.batch_size) for count in counts.values())
 
 
 class EpochSeedSampler(DistributedSampler):

@@ -31,6 +31,20 @@ def _open_decoded(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header (no pixels decoded).
+
+    Raises:
+        DataError: the file is missing or not an image.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+    return height, width
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Reads an image file as RGB.
 

@@ -17,7 +17,11 @@ from PIL import Image
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule, find_records, split_stems
 from protoseg.datamodules.targets import BACKGROUND, instances_to_three_class
-from protoseg.datamodules.transforms import EpochSeedSampler, seed_transform
+from protoseg.datamodules.transforms import (
+    EpochSeedSampler,
+    collate_whole_images,
+    seed_transform,
+)
 from protoseg.io.errors import DataError
 
 MakeRoot = Callable[..., Path]
@@ -178,12 +182,26 @@ def test_test_and_predict_loaders(tmp_path: Path, make_monuseg_root: MakeRoot) -
     module = data(root, predict_batch_size=2)
     module.setup("predict")
     assert [b["stem"] for b in module.predict_dataloader()] == [["img0", "img1"], ["img2"]]
-    # Whole images of two sizes cannot share a batch: the error names them.
+    # Whole images of two sizes never share a batch: each size is batched on its own, and
+    # every image is predicted once.
     Image.new("RGB", (48, 64), "white").save(root / "images" / "img3.png")
+    Image.new("RGB", (48, 64), "white").save(root / "images" / "img4.png")
+    Image.new("RGB", (48, 64), "white").save(root / "images" / "img5.png")
     module = data(root, label_source="none", predict_batch_size=2)
     module.setup("predict")
+    loader = module.predict_dataloader()
+    batches = [(b["stem"], tuple(b["image"].shape[-2:])) for b in loader]
+    assert batches == [
+        (["img0", "img1"], (64, 64)),
+        (["img3", "img4"], (64, 48)),
+        (["img2"], (64, 64)),
+        (["img5"], (64, 48)),
+    ]
+    assert len(loader) == 4
+    # collate_whole_images still refuses a mixed batch, naming the images
+    items = [module.predict_dataset[2], module.predict_dataset[3]]
     with pytest.raises(DataError, match=r"one size, got .*img2\.png \(64, 64\), .*img3\.png"):
-        list(module.predict_dataloader())
+        collate_whole_images(items)
     with pytest.raises(ValueError, match="predict_batch_size must be >= 1"):
         data(root, predict_batch_size=0)
 

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.lightning_modules import segmentation
@@ -102,6 +103,24 @@ def test_auto_workers_share_the_node_among_ddp_ranks(monkeypatch: pytest.MonkeyP
     model.trainer = L.Trainer(accelerator="cpu", devices=4, strategy="ddp_spawn", logger=False)
     model.setup("validate")
     assert model.pool.workers == 2
+
+
+def test_images_of_mixed_sizes_predict_several_to_a_batch(
+    tmp_path: Path, make_monuseg_root: object
+) -> None:
+    """Lightning rebuilds the size-grouping batch sampler around its own: every image of a
+    folder of two sizes comes out once, at its own size, two of one size to a batch."""
+    root = make_monuseg_root(tmp_path / "mixed", n_images=3)  # type: ignore[operator]
+    for stem in ("small0", "small1"):
+        Image.new("RGB", (48, 40), "white").save(root / "images" / f"{stem}.png")
+    model = tiny_module()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    data = tiny_data(root, label_source="none", predict_batch_size=2)
+    batches = trainer.predict(model, datamodule=data)
+    stems = [[item["stem"] for item in batch] for batch in batches]
+    assert stems == [["img0", "img1"], ["small0", "small1"], ["img2"]]
+    shapes = {item["stem"]: item["instances"].shape for batch in batches for item in batch}
+    assert shapes["small0"] == shapes["small1"] == (40, 48) and shapes["img2"] == (64, 64)
 
 
 def test_checkpoint_rebuilds_module(tiny_monuseg_root: Path, tmp_path: Path) -> None:
