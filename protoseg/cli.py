@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
 from protoseg.callbacks.slide_writer import SlidePredictionWriter
 from protoseg.datamodules.slide_predict import WSIPredictDataModule
+from protoseg.io.errors import DataError
 from protoseg.precision import resolve_precision
 
 
@@ -96,7 +98,9 @@ def main(args: ArgsType = None) -> None:
     ``protoseg slurm ...``, ``protoseg report ...`` and ``protoseg score ...`` are plain
     argparse tools, dispatched before LightningCLI parses; everything else is a LightningCLI
     subcommand. A fit stopped by SIGTERM/SIGUSR1 (its ``last.ckpt`` saved) exits with status
-    128 + signal number.
+    128 + signal number. Bad input (:class:`~protoseg.io.errors.DataError`, a missing file)
+    exits with status 2 and one line naming the file; ``PROTOSEG_TRACEBACK=1`` shows the
+    traceback instead.
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and argv and argv[0] in TOOLS:
@@ -108,6 +112,13 @@ def main(args: ArgsType = None) -> None:
         return
     try:
         build_cli(args)
+    except (DataError, FileNotFoundError) as error:
+        # Bad input (a missing folder or checkpoint, a corrupt image, a wrong XML): the message
+        # names the file, and a traceback through Lightning would bury it.
+        if os.environ.get("PROTOSEG_TRACEBACK"):
+            raise
+        sys.stderr.write(f"protoseg: error: {error}\n")
+        raise SystemExit(2) from None
     except SIGTERMException as stopped:
         # Lightning raises it without a status on SIGTERM; PreemptionCheckpoint gives one.
         code = stopped.code if isinstance(stopped.code, int) and stopped.code else None

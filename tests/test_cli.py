@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from protoseg.cli import main
+from protoseg.io.errors import DataError
 from protoseg.lightning_modules.segmentation import SegmentationModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -129,3 +130,21 @@ def test_subcommands_have_help(command: str) -> None:
         check=True,
     )
     assert ("--output_dir" in done.stdout) == (command == "predict")
+
+
+def test_bad_input_is_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing images folder stops the run with status 2 and the path, not a traceback;
+    PROTOSEG_TRACEBACK=1 raises the error itself."""
+    monkeypatch.delenv("PROTOSEG_TRACEBACK", raising=False)
+    args = ["predict", *tiny_overrides(tmp_path / "nowhere", tmp_path / "run")]
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, f"--output_dir={tmp_path / 'out'}"])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    missing = tmp_path / "nowhere" / "images"
+    assert message == f"protoseg: error: {missing}: images folder does not exist"
+    monkeypatch.setenv("PROTOSEG_TRACEBACK", "1")
+    with pytest.raises(DataError, match="images folder does not exist"):
+        main([*args, f"--output_dir={tmp_path / 'out'}"])
