@@ -84,13 +84,16 @@ def sbatch_script(
     if not partition.strip():
         raise ValueError("partition must not be empty")
     name = job_name or Path(configs[0]).stem
-    fit = ["srun", "protoseg", "fit"]
+    fit: list[str] = []
     for config in configs:
         fit += ["--config", config]
     fit += ["--config", ddp_config]
     fit += ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(gpus_per_node)]
     fit += ["--ckpt_path", "last", *fit_args]
-    command = " \\\n  ".join(_pairs(fit))
+    # srun asks for the cores again: since Slurm 22.05 it no longer inherits sbatch's
+    # --cpus-per-task, and each task would get one core for its loader workers.
+    launcher = f"srun --cpus-per-task={cpus_per_task} protoseg fit"
+    command = " \\\n  ".join([launcher, *_pairs(fit)])
     header = [
         "#!/bin/bash",
         f"#SBATCH --job-name={name}",
@@ -129,9 +132,7 @@ def _pairs(words: list[str]) -> list[str]:
             lines[-1] += f" {quoted}"
         else:
             lines.append(quoted)
-    # "srun protoseg fit" on the first line.
-    head = " ".join(lines[:3])
-    return [head, *lines[3:]]
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

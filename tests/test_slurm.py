@@ -60,7 +60,8 @@ def test_srun_line_resumes_with_ddp_on_the_allocation() -> None:
         fit_args=["--seed_everything", "7"],
     )
     words = srun_words(script)
-    assert words[:3] == ["srun", "protoseg", "fit"]
+    # srun asks for the task's cores itself (Slurm >= 22.05 does not pass sbatch's on)
+    assert words[:4] == ["srun", "--cpus-per-task=8", "protoseg", "fit"]
     configs = [words[i + 1] for i, w in enumerate(words) if w == "--config"]
     # The DDP preset after the stage configs; the allocation's sizes after the preset, which
     # sets devices: -1 and num_nodes: 1 (later arguments win).
@@ -70,6 +71,10 @@ def test_srun_line_resumes_with_ddp_on_the_allocation() -> None:
     assert after_preset[after_preset.index("--trainer.devices") + 1] == "2"
     assert words[words.index("--ckpt_path") + 1] == "last"
     assert words[-2:] == ["--seed_everything", "7"]
+    # one setting per continuation line, the launcher on the first
+    block = script[script.index("srun ") :].split(" \\\n")
+    assert block[0] == "srun --cpus-per-task=8 protoseg fit"
+    assert all(line.startswith("  --") and line.count(" --") == 1 for line in block[1:])
     assert "#SBATCH --job-name=sweep point" in script
     assert "#SBATCH --time=1-00:00:00" in script
 
