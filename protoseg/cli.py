@@ -17,6 +17,7 @@ from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
 from protoseg.callbacks.slide_writer import SlidePredictionWriter
 from protoseg.datamodules.slide_predict import WSIPredictDataModule
+from protoseg.distributed import destroy_process_group
 from protoseg.io.errors import DataError
 from protoseg.precision import resolve_precision
 
@@ -100,7 +101,8 @@ def main(args: ArgsType = None) -> None:
     subcommand. A fit stopped by SIGTERM/SIGUSR1 (its ``last.ckpt`` saved) exits with status
     128 + signal number. Bad input (:class:`~protoseg.io.errors.DataError`, a missing file)
     exits with status 2 and one line naming the file; ``PROTOSEG_TRACEBACK=1`` shows the
-    traceback instead.
+    traceback instead. Under DDP each rank destroys its process group before it exits
+    (:func:`~protoseg.distributed.destroy_process_group`).
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and argv and argv[0] in TOOLS:
@@ -123,6 +125,8 @@ def main(args: ArgsType = None) -> None:
         # Lightning raises it without a status on SIGTERM; PreemptionCheckpoint gives one.
         code = stopped.code if isinstance(stopped.code, int) and stopped.code else None
         raise SystemExit(code or 128 + signal.SIGTERM) from None
+    finally:
+        destroy_process_group()
 
 
 if __name__ == "__main__":

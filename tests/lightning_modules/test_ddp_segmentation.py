@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
+from protoseg.distributed import DestroyProcessGroupAtExit
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.metrics.nuclei import METRIC_NAMES
 
@@ -58,6 +59,7 @@ def trainer(devices: int) -> L.Trainer:
         accelerator="cpu",
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[DestroyProcessGroupAtExit()],
         max_steps=STEPS,
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,

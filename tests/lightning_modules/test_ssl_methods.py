@@ -14,6 +14,7 @@ from PIL import Image
 from protoseg.callbacks.encoder_export import EncoderExport
 from protoseg.cli import build_cli
 from protoseg.datamodules.tiles import TileFolderDataModule
+from protoseg.distributed import DestroyProcessGroupAtExit
 from protoseg.lightning_modules.byol import BYOLModule
 from protoseg.lightning_modules.dino import DINOModule
 from protoseg.lightning_modules.moco import MoCoModule
@@ -192,7 +193,7 @@ def test_simclr_ddp_on_two_cpu_processes(tile_root: Path, tmp_path: Path) -> Non
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        callbacks=[EncoderExport(path)],
+        callbacks=[EncoderExport(path), DestroyProcessGroupAtExit()],
     )
     data = TileFolderDataModule(
         str(tile_root), crop_size=32, crops_per_epoch=16, batch_size=4, num_workers=0

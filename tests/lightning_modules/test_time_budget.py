@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from torch.utils.data import DataLoader, TensorDataset
 
+from protoseg.distributed import DestroyProcessGroupAtExit
 from protoseg.lightning_modules.time_budget import (
     spent_time_fraction,
     warmup_cosine_within_budget,
@@ -129,7 +130,7 @@ def test_ddp_ranks_share_rank_zeros_time_share(tmp_path: Path) -> None:
         devices=2,
         strategy="ddp_spawn",
         max_steps=4,
-        callbacks=[RankSkewedTimer(duration_s=60.0, elapsed_s=0.0)],
+        callbacks=[RankSkewedTimer(duration_s=60.0, elapsed_s=0.0), DestroyProcessGroupAtExit()],
     )
     data = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=8)
     trainer.fit(LearningRateProbe(str(tmp_path)), data)
