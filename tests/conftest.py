@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 from skimage.draw import disk
 from skimage.measure import find_contours
+
+from protoseg.distributed import DestroyProcessGroupAtExit
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -156,3 +160,20 @@ def short_fit_args(run_dir: Path, max_steps: int) -> list[str]:
         f"--trainer.logger.init_args.save_dir={run_dir}",
         f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
     ]
+
+
+def cpu_trainer(devices: int, **kwargs: Any) -> L.Trainer:
+    """A quiet CPU trainer: one process, or ``devices`` gloo ranks (``ddp_spawn``) that
+    destroy their process group at exit; ``kwargs`` go to the Trainer."""
+    return L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[DestroyProcessGroupAtExit()],
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )

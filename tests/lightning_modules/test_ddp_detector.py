@@ -8,27 +8,16 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from conftest import cpu_trainer
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
-from protoseg.distributed import DestroyProcessGroupAtExit
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule
 from protoseg.modules.networks import UNet
 
 
 def _trainer(devices: int) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        callbacks=[DestroyProcessGroupAtExit()],
-        max_steps=4,
-        check_val_every_n_epoch=100,  # the fit does not validate
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    # 4 steps; the fit does not validate
+    return cpu_trainer(devices, max_steps=4, check_val_every_n_epoch=100)
 
 
 # ~30 s of CPU (two spawned processes import torch and Lightning).

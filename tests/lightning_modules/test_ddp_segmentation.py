@@ -17,10 +17,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 from torch import nn
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
-from protoseg.distributed import DestroyProcessGroupAtExit
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.metrics.nuclei import METRIC_NAMES
 
@@ -55,19 +55,7 @@ def datamodule(root: Path, batch_size: int) -> MoNuSegDataModule:
 
 
 def trainer(devices: int) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        callbacks=[DestroyProcessGroupAtExit()],
-        max_steps=STEPS,
-        check_val_every_n_epoch=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return cpu_trainer(devices, max_steps=STEPS, check_val_every_n_epoch=1)
 
 
 # ~90 s of CPU (two spawned processes import torch and Lightning), run by default: issue #6
