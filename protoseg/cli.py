@@ -101,8 +101,8 @@ def main(args: ArgsType = None) -> None:
     subcommand. A fit stopped by SIGTERM/SIGUSR1 (its ``last.ckpt`` saved) exits with status
     128 + signal number. Bad input (:class:`~protoseg.io.errors.DataError`, a missing file)
     exits with status 2 and one line naming the file; ``PROTOSEG_TRACEBACK=1`` shows the
-    traceback instead. Under DDP each rank destroys its process group before it exits
-    (:func:`~protoseg.distributed.destroy_process_group`).
+    traceback instead. Under DDP each rank of a run that ended normally destroys its process group
+    before it exits (:func:`~protoseg.distributed.destroy_process_group`).
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and argv and argv[0] in TOOLS:
@@ -114,6 +114,9 @@ def main(args: ArgsType = None) -> None:
         return
     try:
         build_cli(args)
+        # Only after a run that ended normally: on an error the other ranks may still wait
+        # in a collective, and the process is going down anyway.
+        destroy_process_group()
     except (DataError, FileNotFoundError) as error:
         # Bad input (a missing folder or checkpoint, a corrupt image, a wrong XML): the message
         # names the file, and a traceback through Lightning would bury it.
@@ -125,8 +128,6 @@ def main(args: ArgsType = None) -> None:
         # Lightning raises it without a status on SIGTERM; PreemptionCheckpoint gives one.
         code = stopped.code if isinstance(stopped.code, int) and stopped.code else None
         raise SystemExit(code or 128 + signal.SIGTERM) from None
-    finally:
-        destroy_process_group()
 
 
 if __name__ == "__main__":
