@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from protoseg.io.errors import DataError
-from protoseg.io.images import read_instance_png, read_rgb, write_png_atomic, write_text_atomic
+from protoseg.io.images import (
+    image_size,
+    read_instance_png,
+    read_rgb,
+    write_png_atomic,
+    write_text_atomic,
+)
 
 
 def rgb_image(size: int = 64) -> np.ndarray:
@@ -160,3 +166,13 @@ def test_write_text_atomic(tmp_path: Path) -> None:
     write_text_atomic(path, "nuclei: 13 µm\n")
     assert path.read_text(encoding="utf-8") == "nuclei: 13 µm\n"
     assert [p.name for p in path.parent.iterdir()] == ["notes.txt"]
+
+
+def test_image_size_reads_the_header_and_names_a_bad_file(tmp_path: Path) -> None:
+    Image.fromarray(rgb_image(32)).save(tmp_path / "a.png")  # 32 rows, 40 columns
+    assert image_size(tmp_path / "a.png") == (32, 40)
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"b\.png: cannot read image"):
+        image_size(tmp_path / "b.png")
+    with pytest.raises(DataError, match=r"c\.png: cannot read image"):
+        image_size(tmp_path / "c.png")
