@@ -201,7 +201,7 @@ class SegmentationModule(L.LightningModule):
         self.net = net
         self.centre_net = centre_net
         if centre_net is not None:
-            centre_net.requires_grad_(False).eval()
+            centre_net.requires_grad_(False)
         self.loss = loss if loss is not None else CEDiceLoss()
         self.optimizer_factory = optimizer
         self.val_metrics = NucleiMetrics(prefix="val/")
@@ -224,20 +224,21 @@ class SegmentationModule(L.LightningModule):
         if stage == "fit" and self.centre_net is not None:
             load_centre_weights(self.centre_net, self.hparams.centre_weights)
 
-    def train(self, mode: bool = True) -> SegmentationModule:
-        """As ``nn.Module.train``, but the frozen centre detector stays in eval mode."""
-        super().train(mode)
-        if self.centre_net is not None:
-            self.centre_net.eval()
-        return self
-
     def centre_maps(self, images: torch.Tensor) -> np.ndarray | None:
         """The centre detector's outputs (B, C, H, W): heatmap in [0, 1], then any offsets
         (:func:`~protoseg.modules.centres.centre_maps`); None without a detector."""
         if self.centre_net is None:
             return None
         hp = self.hparams
-        return centre_maps(self.centre_net, images, hp.tile_size, hp.tile_overlap)
+        # The frozen detector always runs on its BatchNorm running statistics, whatever this
+        # module's mode. It keeps this module's mode otherwise: it runs only in validation and
+        # prediction, and a submodule in eval mode at the start of a fit makes Lightning warn.
+        mode = self.centre_net.training
+        self.centre_net.eval()
+        try:
+            return centre_maps(self.centre_net, images, hp.tile_size, hp.tile_overlap)
+        finally:
+            self.centre_net.train(mode)
 
     @property
     def splitter(self) -> InstanceSplit:

@@ -94,12 +94,19 @@ def test_head_reads_the_frozen_detector(tiny_monuseg_root: Path, tmp_path: Path)
     short_trainer(tmp_path / "head", steps=2).fit(head, datamodule=tiny_data(tiny_monuseg_root))
     for key, value in detector.net.state_dict().items():
         torch.testing.assert_close(head.centre_net.state_dict()[key], value)
-    assert not head.centre_net.training and head.net.training
-    head.eval()
+    assert all(not p.requires_grad for p in head.centre_net.parameters())
+    # in train mode too (a fit's), the detector runs on its running BatchNorm statistics and
+    # leaves them as they are
+    head.train()
+    buffers = {k: v.clone() for k, v in head.centre_net.state_dict().items()}
     images = torch.rand(1, 3, 64, 64)
     maps = head.centre_maps(images)
     assert maps is not None and maps.shape == (1, 1, 64, 64)
     np.testing.assert_allclose(maps[:, 0], detector.eval().heatmaps(images), atol=1e-6)
+    assert head.centre_net.training, "the module's mode is kept"
+    for key, value in head.centre_net.state_dict().items():
+        torch.testing.assert_close(value, buffers[key], msg=key)
+    head.eval()
     assert head.predict_instances(images)[0].shape == (64, 64)
     # A plain state dict of the network loads too.
     plain = tmp_path / "plain.pt"
