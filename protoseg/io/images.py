@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -19,16 +20,23 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _open_decoded(path: Path) -> Image.Image:
-    """Opens and fully decodes an image, so that truncated pixel data fails here."""
+@contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """``Image.open`` with Pillow's errors raised as a :class:`DataError` naming the file."""
     try:
         with Image.open(path) as image:
-            image.load()
-            # A copy outlives the closed file; Pillow frees a closed image's pixels.
-            return image.copy()
+            yield image
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         # Pillow reports truncation as OSError and a bad header as UnidentifiedImageError.
         raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+
+
+def _open_decoded(path: Path) -> Image.Image:
+    """Opens and fully decodes an image, so that truncated pixel data fails here."""
+    with _opened(path) as image:
+        image.load()
+        # A copy outlives the closed file; Pillow frees a closed image's pixels.
+        return image.copy()
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -37,11 +45,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     Raises:
         DataError: the file is missing or not an image.
     """
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+    with _opened(path) as image:
+        width, height = image.size
     return height, width
 
 
