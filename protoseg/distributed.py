@@ -27,4 +27,5 @@ class DestroyProcessGroupAtExit(L.Callback):
     still whole."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        atexit.unregister(destroy_process_group)  # once, however many fits this rank runs
         atexit.register(destroy_process_group)

@@ -84,7 +84,6 @@ class PostprocessPool:
         if workers != "auto" and (not isinstance(workers, int) or workers < 0):
             raise ValueError(f"postprocess workers must be an int >= 0 or 'auto', got {workers!r}")
         self.requested = workers
-        self.processes = 1
         self.share(processes)
         self._executor: ProcessPoolExecutor | None = None
         self._running = 0
