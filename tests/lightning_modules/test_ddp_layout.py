@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from conftest import cpu_trainer
 from torch import nn
 
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule
@@ -16,11 +17,6 @@ from protoseg.modules.networks import UNet
 
 def _conv_weights(module: nn.Module) -> list[torch.Tensor]:
     return [p for p in module.parameters() if p.dim() == 4]
-
-
-def _trainer(devices: int) -> L.Trainer:
-    strategy = "ddp_spawn" if devices > 1 else "auto"
-    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False)
 
 
 def _modules() -> list[L.LightningModule]:
@@ -39,7 +35,7 @@ def _modules() -> list[L.LightningModule]:
 def test_weights_go_channels_last_for_a_ddp_fit_only() -> None:
     for devices, stage in ((1, "fit"), (2, "predict"), (2, "validate"), (2, "fit")):
         for module in _modules():
-            module.trainer = _trainer(devices)
+            module.trainer = cpu_trainer(devices)
             module.setup(stage)
             name = f"{type(module).__name__} ({devices} processes, {stage})"
             weights = _conv_weights(module)

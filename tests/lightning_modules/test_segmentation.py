@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import cpu_trainer
 from PIL import Image
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
@@ -100,7 +101,7 @@ def test_auto_workers_share_the_node_among_ddp_ranks(monkeypatch: pytest.MonkeyP
     model = tiny_module(postprocess_workers="auto")
     model.setup("validate")  # no trainer attached: the machine's cores
     assert model.pool.workers == 8
-    model.trainer = L.Trainer(accelerator="cpu", devices=4, strategy="ddp_spawn", logger=False)
+    model.trainer = cpu_trainer(devices=4)
     model.setup("validate")
     assert model.pool.workers == 2
 
