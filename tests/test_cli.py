@@ -67,6 +67,21 @@ def test_fit_then_predict_writes_instance_maps(tiny_monuseg_root: Path, tmp_path
         assert (out / f"{image.stem}.geojson").is_file()
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
 
+    # Inputs at 0.5 µm/px: the model sees them at twice the size, the files keep theirs.
+    enlarged = tmp_path / "predictions_20x"
+    main(
+        [
+            "predict",
+            *tiny_overrides(tiny_monuseg_root, run_dir),
+            f"--ckpt_path={last}",
+            f"--output_dir={enlarged}",
+            "--data.image_mpp=0.5",
+        ]
+    )
+    for image in images:
+        written = np.array(Image.open(enlarged / f"{image.stem}.png"))
+        assert written.shape == np.array(Image.open(image)).shape[:2]
+
     model = SegmentationModule.load_from_checkpoint(last)
     assert type(model.net).__name__ == "UNet", "the CLI's class_path config rebuilds the net"
 

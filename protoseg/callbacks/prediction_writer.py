@@ -11,7 +11,8 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from protoseg.io.geojson import instances_to_geojson, write_geojson
-from protoseg.io.images import read_rgb, write_png_atomic
+from protoseg.io.images import image_size, read_rgb, write_png_atomic
+from protoseg.io.resample import resize_nearest
 from protoseg.visualize import overlay_instances
 
 
@@ -24,6 +25,8 @@ class InstancePredictionWriter(BasePredictionWriter):
     - ``binary/<stem>.png``: the 0/255 nuclei mask, for stages whose predictions carry one
       (label-free stages writing pseudo masks).
 
+    A map predicted at another resolution than its input's (a datamodule's ``image_mpp``) is
+    resized back to the input file's size by nearest neighbour before anything is written.
     Every file is written to a temporary name and renamed, so a killed run leaves either the
     previous file or the complete new one. Each rank writes the images of its own batches.
 
@@ -67,7 +70,14 @@ class InstancePredictionWriter(BasePredictionWriter):
         image_path: str | None = None,
         binary: np.ndarray | None = None,
     ) -> None:
-        """Writes the files of one image; ``image_path`` is read back for the overlay."""
+        """Writes the files of one image; ``image_path`` gives the size to write at and is read
+        back for the overlay."""
+        if image_path is not None:
+            size = image_size(image_path)
+            if instances.shape != size:
+                _check_resampled(stem, instances.shape, size)
+                instances = resize_nearest(instances, size)
+                binary = None if binary is None else resize_nearest(binary, size)
         if instances.max(initial=0) > np.iinfo(np.uint16).max:
             raise ValueError(f"{stem}: {instances.max()} instances do not fit a uint16 PNG")
         write_png_atomic(self.output_dir / f"{stem}.png", instances.astype(np.uint16))
@@ -79,3 +89,12 @@ class InstancePredictionWriter(BasePredictionWriter):
         if self.binary and binary is not None:
             mask = np.where(binary.astype(bool), 255, 0).astype(np.uint8)
             write_png_atomic(self.output_dir / "binary" / f"{stem}.png", mask)
+
+
+def _check_resampled(stem: str, shape: tuple[int, ...], size: tuple[int, int]) -> None:
+    """A map of another size than its input must be the input resampled, not cut or padded."""
+    ratio = shape[0] / size[0]
+    if len(shape) != 2 or abs(shape[1] - size[1] * ratio) > 1.0:
+        raise ValueError(
+            f"{stem}: predicted map {tuple(shape)} is not the input {size} at one scale"
+        )

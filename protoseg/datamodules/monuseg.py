@@ -29,8 +29,10 @@ from protoseg.datamodules.transforms import (
 from protoseg.io.aperio_xml import rasterize_polygons, read_aperio_polygons
 from protoseg.io.errors import DataError
 from protoseg.io.images import image_size, read_instance_png, read_rgb
+from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb, scale_points
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+# JPEG too: tiles exported by slide viewers often are (lossy, but the models train on it).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LabelFormat = Literal["xml", "png"]
 # Folder and suffix of each annotation format; "auto" prefers the official XML polygons,
 # which the data README recommends for evaluation.
@@ -80,7 +82,8 @@ def find_records(
         raise DataError(f"{image_dir}: images folder does not exist")
     images = _files(image_dir, IMAGE_SUFFIXES)
     if not images:
-        raise DataError(f"{image_dir}: no images (*.tif, *.tiff, *.png)")
+        listed = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
+        raise DataError(f"{image_dir}: no images ({listed})")
     formats: tuple[LabelFormat, ...] = ("xml", "png") if label_source == "auto" else ()
     if label_source in ("xml", "png"):
         formats = (label_source,)
@@ -128,12 +131,21 @@ def split_stems(stems: list[str], val_fraction: float, seed: int) -> tuple[list[
 class ImageStore:
     """Reads images and instance maps; :meth:`keep` holds chosen ones decoded in memory.
 
-    Instance maps from XML are rasterised to the image size; PNG maps must match it. Kept
-    maps are uint16 where the ids fit (a 1000 px MoNuSeg image: 3 MB + 2 MB). Only what
-    :meth:`keep` loaded stays: one-pass test and predict reads are not held.
+    Instance maps from XML are rasterised to the image size; PNG maps must match it. With
+    ``scale`` other than 1 both are resampled by it (images with an area filter or
+    bilinearly, XML polygons drawn on the finer or coarser grid, PNG maps by nearest
+    neighbour; :mod:`protoseg.io.resample`). Kept maps are uint16 where the ids fit (a
+    1000 px MoNuSeg image: 3 MB + 2 MB). Only what :meth:`keep` loaded stays: one-pass test
+    and predict reads are not held.
+
+    Args:
+        scale: factor every image and map is resized by (image µm/px over the models' µm/px).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float = 1.0) -> None:
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.scale = scale
         self._images: dict[Path, np.ndarray] = {}
         self._labels: dict[Path, np.ndarray] = {}
 
@@ -142,19 +154,28 @@ class ImageStore:
         return len(self._images)
 
     def image(self, path: Path) -> np.ndarray:
-        """(H, W, 3) uint8."""
-        return self._images[path] if path in self._images else read_rgb(path)
+        """(H, W, 3) uint8, resampled by ``scale``."""
+        if path in self._images:
+            return self._images[path]
+        image = read_rgb(path)
+        return resize_rgb(image, resampled_shape(image.shape[:2], self.scale))
 
     def instances(self, path: Path, fmt: LabelFormat, shape: tuple[int, int]) -> np.ndarray:
-        """(H, W) instance ids (uint16 or int32) for an image of ``shape``."""
+        """Instance ids (uint16 or int32) for an image file of ``shape`` (H, W), resampled by
+        ``scale`` as the image is."""
         if path in self._labels:
             return self._labels[path]
+        target = resampled_shape(shape, self.scale)
         if fmt == "xml":
-            instances = rasterize_polygons(read_aperio_polygons(path), shape)
+            polygons = read_aperio_polygons(path)
+            if self.scale != 1:
+                polygons = [scale_points(vertices, self.scale) for vertices in polygons]
+            instances = rasterize_polygons(polygons, target)
         else:
             instances = read_instance_png(path)
             if instances.shape != shape:
                 raise DataError(f"{path}: label shape {instances.shape} != image shape {shape}")
+            instances = resize_nearest(instances, target)
         if instances.max(initial=0) <= np.iinfo(np.uint16).max:
             instances = instances.astype(np.uint16)
         return instances
@@ -164,7 +185,8 @@ class ImageStore:
         image = self.image(record.image_path)
         if record.label_path is None or record.label_format is None:
             return image, None
-        return image, self.instances(record.label_path, record.label_format, image.shape[:2])
+        shape = image.shape[:2] if self.scale == 1 else image_size(record.image_path)
+        return image, self.instances(record.label_path, record.label_format, shape)
 
     def keep(self, record: ImageRecord) -> None:
         """Loads a record (checking its files) and holds its arrays in memory."""
@@ -247,6 +269,13 @@ class MoNuSegDataModule(L.LightningDataModule):
         predict_batch_size: whole images per prediction batch, at most; a batch holds
             images of one size (a folder of mixed sizes is batched size by size), and a head
             with ``postprocess_workers`` splits a batch's images side by side.
+        image_mpp: µm per pixel of the root's images; None: they are at ``mpp`` already.
+            Otherwise every image, label and pseudo mask is resampled to ``mpp`` when read,
+            so models, crops and validation work at ``mpp``, and
+            :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter` writes
+            each predicted map back at its input's size (e.g. ``image_mpp: 0.5`` for 20x
+            tiles predicted by a model trained on MoNuSeg's 40x).
+        mpp: µm per pixel the stage's models work at (MoNuSeg's 40x: about 0.25).
     """
 
     def __init__(
@@ -265,8 +294,12 @@ class MoNuSegDataModule(L.LightningDataModule):
         cache_images: bool = True,
         scale_jitter: float = 0.1,
         predict_batch_size: int = 1,
+        image_mpp: float | None = None,
+        mpp: float = 0.25,
     ) -> None:
         super().__init__()
+        if mpp <= 0 or (image_mpp is not None and image_mpp <= 0):
+            raise ValueError(f"mpp and image_mpp must be > 0, got {mpp}, {image_mpp}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         for name, value in [
@@ -281,7 +314,7 @@ class MoNuSegDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.pseudo_mask_dir = None if pseudo_mask_dir is None else Path(pseudo_mask_dir)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.store = ImageStore()
+        self.store = ImageStore(1.0 if image_mpp is None else image_mpp / mpp)
         self.records: list[ImageRecord] = []
         self.train_records: list[ImageRecord] = []
         self.val_records: list[ImageRecord] = []

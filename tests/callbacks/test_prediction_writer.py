@@ -43,3 +43,25 @@ def test_refuses_more_instances_than_uint16_holds(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="uint16"):
         InstancePredictionWriter(tmp_path).write("too_many", instances)
     assert not list(tmp_path.iterdir()), "nothing half-written"
+
+
+def test_maps_predicted_at_another_resolution_are_written_at_the_input_size(
+    tmp_path: Path,
+) -> None:
+    # A datamodule with image_mpp hands the model the 40 x 50 input at twice its size.
+    image_path = tmp_path / "in.png"
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(image_path)
+    coarse = np.zeros((40, 50), np.int32)
+    coarse[disk((20, 20), 8, shape=coarse.shape)] = 7
+    fine = np.repeat(np.repeat(coarse, 2, 0), 2, 1)
+    binary = fine > 0
+    writer = InstancePredictionWriter(tmp_path / "out")
+    writer.write("tile", fine, str(image_path), binary)
+    written = np.array(Image.open(tmp_path / "out" / "tile.png"))
+    np.testing.assert_array_equal(written, coarse)
+    mask = np.array(Image.open(tmp_path / "out" / "binary" / "tile.png"))
+    np.testing.assert_array_equal(mask, np.where(coarse > 0, 255, 0))
+    assert np.array(Image.open(tmp_path / "out" / "tile_overlay.png")).shape == (40, 50, 3)
+
+    with pytest.raises(ValueError, match=r"tile: predicted map \(80, 60\) is not the input"):
+        writer.write("tile", np.zeros((80, 60), np.int32), str(image_path))

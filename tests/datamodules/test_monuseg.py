@@ -257,6 +257,66 @@ def test_unlabelled_training_yields_images_only(
     assert set(batch) == {"image"} and module.val_dataloader() == []
 
 
+def test_jpeg_images_are_found(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r", labels=())
+    Image.open(root / "images" / "img1.png").save(root / "images" / "img3.jpg", quality=95)
+    Image.open(root / "images" / "img2.png").save(root / "images" / "img4.JPEG", quality=95)
+    assert [r.stem for r in find_records(root)] == ["img0", "img1", "img2", "img3", "img4"]
+
+
+def test_images_at_another_resolution_are_resampled_with_their_labels(
+    tmp_path: Path, make_monuseg_root: MakeRoot
+) -> None:
+    # 64 px images at 0.5 µm/px read for models at 0.25 µm/px: 128 px, labels alike.
+    root = make_monuseg_root(tmp_path / "r", n_images=2, labels=("png", "xml"))
+    (root / "annotations_xml" / "img1.xml").unlink()  # img0 from XML, img1 from PNG
+    native = data(root, val_fraction=0.0)
+    native.setup("fit")
+    module = data(root, val_fraction=0.0, image_mpp=0.5, mpp=0.25)
+    module.setup("fit")
+    for plain, resampled in zip(native.val_dataloader(), module.val_dataloader(), strict=True):
+        assert resampled["image"].shape == (1, 3, 128, 128)
+        assert resampled["instances"].shape == (1, 128, 128)
+        truth = plain["instances"][0].numpy()
+        nearest = np.repeat(np.repeat(truth, 2, 0), 2, 1)
+        labels = resampled["instances"][0].numpy()
+        agree = ((labels > 0) == (nearest > 0)).mean()
+        # PNG maps: exactly the nearest resize; XML polygons drawn on the finer grid differ
+        # only along outlines.
+        assert agree == 1.0 if plain["stem"] == ["img1"] else agree > 0.97
+        # the image's dark nuclei stay under their labels
+        grey = resampled["image"][0].mean(0).numpy()
+        assert grey[labels > 0].mean() < grey[labels == 0].mean() - 0.5
+    (crops,) = first_batches(module, 1)
+    assert crops["image"].shape == (3, 3, 32, 32)
+
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    for index in range(2):  # pseudo masks at the images' own 64 px, as the writer leaves them
+        Image.fromarray(np.where(plain_mask(index), 255, 0).astype(np.uint8)).save(
+            pseudo / f"img{index}.png"
+        )
+    trained = data(
+        root, pseudo_mask_dir=str(pseudo), image_mpp=0.5, crop_size=128, val_fraction=0.0
+    )
+    trained.setup("fit")
+    image, instances = trained.store.load(trained.train_dataset.records[0])
+    assert image.shape == (128, 128, 3) and instances.shape == (128, 128)
+    np.testing.assert_array_equal(instances > 0, np.repeat(np.repeat(plain_mask(0), 2, 0), 2, 1))
+
+    module.setup("predict")
+    (batch, _) = list(module.predict_dataloader())
+    assert batch["image"].shape == (1, 3, 128, 128)
+    with pytest.raises(ValueError, match="mpp and image_mpp must be > 0"):
+        data(root, image_mpp=0.0)
+
+
+def plain_mask(index: int) -> np.ndarray:
+    mask = np.zeros((64, 64), bool)
+    mask[8 + index : 30, 10:40] = True
+    return mask
+
+
 def test_small_images_are_padded_with_background(tiny_monuseg_root: Path) -> None:
     module = data(tiny_monuseg_root, crop_size=96, scale_jitter=0.0, batch_size=6)
     module.setup("fit")
