@@ -11,7 +11,7 @@ RESULTS := benchmarks/results
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint format quickstart clean bench-monuseg-supervised \
-	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-postprocess \
+	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-postprocess bench-resolution \
 	bench-wsi bench-ssl \
 	sweep-ssl sweep-segment report
 
@@ -97,6 +97,11 @@ bench-postprocess: ## The PSM head's post-processing of 8 training images x 3, i
 		--checkpoint $(BENCH_PSM)/segment/checkpoints/last.ckpt \
 		--pseudo-mask-dir $(BENCH_PSM)/pseudo_masks --data-root $(DATA)/monuseg/train \
 		--repeats 3 --workers 1 2 --output $(RESULTS)/postprocess_pool.json
+
+bench-resolution: ## The PSM head on the 30 training images halved (20x): as they are and resampled by image_mpp (after bench-monuseg-psm; ~8 min, 2 CPU cores)
+	$(BIN)/python benchmarks/resolution.py --data-root $(DATA)/monuseg/train \
+		--checkpoint $(BENCH_PSM)/segment/checkpoints/last.ckpt \
+		--run-dir runs/bench_resolution --output $(RESULTS)/resolution.json
 
 WSI_DEVICE ?= cpu
 # A trained segmentation head (e.g. the one of bench-monuseg-supervised); empty: random init.
