@@ -13,6 +13,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from protoseg.datamodules.transforms import (
@@ -30,6 +31,7 @@ from protoseg.io.aperio_xml import rasterize_polygons, read_aperio_polygons
 from protoseg.io.errors import DataError
 from protoseg.io.images import image_size, read_instance_png, read_rgb
 from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb, scale_points
+from protoseg.memory import available_memory
 
 # JPEG too: tiles exported by slide viewers often are (lossy, but the models train on it).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -265,6 +267,8 @@ class MoNuSegDataModule(L.LightningDataModule):
         std: per-channel normalisation std.
         cache_images: keep the decoded fit/validate images and labels in memory (30
             MoNuSeg images: ~150 MB), so epochs neither re-decode TIFFs nor re-rasterise XML.
+            Skipped, with a warning, where they would take more than half the memory left to
+            each process of the job (:func:`~protoseg.memory.available_memory`).
         scale_jitter: training crops are rescaled by up to this fraction (0 disables).
         predict_batch_size: whole images per prediction batch, at most; a batch holds
             images of one size (a folder of mixed sizes is batched size by size), and a head
@@ -357,10 +361,37 @@ class MoNuSegDataModule(L.LightningDataModule):
 
     def _warm(self, datasets: list[Any]) -> None:
         # Decoding once here, before DataLoader workers fork, lets them share the arrays.
-        if self.hparams.cache_images:
-            for dataset in datasets:
-                for record in dataset.records:
-                    self.store.keep(record)
+        if not self.hparams.cache_images:
+            return
+        kept = {(r.image_path, r.label_path): r for d in datasets for r in d.records}
+        records = list(kept.values())
+        if not self._cache_fits(records):
+            return
+        for record in records:
+            self.store.keep(record)
+
+    def _cache_fits(self, records: list[ImageRecord]) -> bool:
+        """Whether every process of the job can hold ``records`` decoded in under half the
+        memory left to it (sizes read from the file headers); warns when not."""
+        available = available_memory()
+        if available is None:
+            return True
+        pixels = {
+            r.image_path: int(np.prod(resampled_shape(image_size(r.image_path), self.store.scale)))
+            for r in records
+        }
+        labels = {r.label_path: pixels[r.image_path] for r in records if r.label_path is not None}
+        need = 3 * sum(pixels.values()) + 2 * sum(labels.values())  # RGB uint8, ids uint16
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        if need * processes <= available // 2:
+            return True
+        rank_zero_warn(
+            f"{self.root}: not holding the {len(records)} images in memory "
+            f"(cache_images): they take {need / 2**30:.1f} GiB in each of {processes} "
+            f"process(es), more than half of the {available / 2**30:.1f} GiB left; "
+            "every epoch reads them from disk instead"
+        )
+        return False
 
     def setup(self, stage: str) -> None:
         """Finds the images and builds the datasets ``stage`` needs."""

@@ -224,6 +224,24 @@ def test_val_fraction_zero_validates_on_all(tiny_monuseg_root: Path) -> None:
     assert len(uncached.store) == 0
 
 
+def test_images_too_large_for_memory_are_read_from_disk(
+    tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three 64 px images with labels: 3 * 64 * 64 * (3 + 2) = 61,440 bytes.
+    monkeypatch.setattr("protoseg.datamodules.monuseg.available_memory", lambda: 2 * 61_440)
+    fits = data(tiny_monuseg_root, val_fraction=0.0)
+    fits.setup("fit")
+    assert len(fits.store) == 3
+    monkeypatch.setattr("protoseg.datamodules.monuseg.available_memory", lambda: 2 * 61_439)
+    module = data(tiny_monuseg_root, val_fraction=0.0)
+    with pytest.warns(UserWarning, match=r"not holding the 3 images in memory .*0\.0 GiB"):
+        module.setup("fit")
+    assert len(module.store) == 0
+    (batch,) = first_batches(module, 1)
+    assert batch["image"].shape == (3, 3, 32, 32), "read from disk instead"
+    assert len(list(module.val_dataloader())) == 3
+
+
 def test_pseudo_masks_train_true_labels_validate(
     tmp_path: Path, make_monuseg_root: MakeRoot
 ) -> None:
