@@ -160,16 +160,19 @@ def _fit(stage: _LazyCli, describe: Callable[[Any], dict[str, Any]], label: str)
 
 
 def _validate(stage: _LazyCli, fit: Record, label: str) -> Record:
-    """Validates ``stage``'s model: the weights in memory, or those of ``fit``'s checkpoint."""
+    """Validates ``stage``'s model: the weights in memory, or those of ``fit``'s checkpoint.
+
+    A root without labels (your own images) has nothing to score: its metrics are None.
+    """
     cli = stage()
-    (metrics,), seconds = timed(
+    results, seconds = timed(
         cli.trainer.validate,
         cli.model,
         datamodule=cli.datamodule,
         ckpt_path=_checkpoint_unless_fitted(stage, fit),
         label=label,
     )
-    return {"seconds": seconds, "metrics": rounded(metrics)}
+    return {"seconds": seconds, "metrics": rounded(results[0]) if results else None}
 
 
 def trained_figures(cli: Any) -> dict[str, Any]:

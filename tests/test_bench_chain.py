@@ -121,3 +121,17 @@ def test_a_chain_resumed_after_its_stage_fit_ends_as_an_uninterrupted_one(
     ledger.write_text(json.dumps(saved))
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
         _psm_chain(data_root, run_dir, resume=True)
+
+
+def test_a_chain_runs_on_images_without_labels(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    """Your own folder: every step runs, and the validations, with nothing to score, record
+    no metrics."""
+    data_root = make_monuseg_root(tmp_path / "own", n_images=2, size=64, labels=())
+    chain = _psm_chain(data_root, tmp_path / "run", resume=False)
+    checks = [name for name in chain["steps"] if name.endswith("validation")]
+    assert checks == ["stage validation", "detector validation", "head validation"]
+    assert all(chain["steps"][name]["metrics"] is None for name in checks)
+    assert {"img0.png", "img1.png"} <= set(_files(tmp_path / "run" / "pseudo_masks"))
+    figures = chain_figures("own", [], chain, "psm")
+    assert figures["psm"]["pseudo_mask_validation"] is None
+    assert figures["segment"]["validation"] is None and Path(figures["checkpoint"]).is_file()
