@@ -6,6 +6,7 @@ A root holds ``images/*.tif|*.tiff|*.png`` and, optionally, ``annotations_xml/<s
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,10 @@ from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb, sc
 from protoseg.memory import available_memory
 
 # JPEG too: tiles exported by slide viewers often are (lossy, but the models train on it).
+# Without true labels val_dataloader returns [] on purpose (no validation); Lightning warns
+# about every such empty list, which reads as a fault on a folder of your own images.
+warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LabelFormat = Literal["xml", "png"]
 # Folder and suffix of each annotation format; "auto" prefers the official XML polygons,
