@@ -1,7 +1,9 @@
 """MoNuSeg-layout data: random training crops, whole images for validation, test and predict.
 
-A root holds ``images/*.tif|*.tiff|*.png`` and, optionally, ``annotations_xml/<stem>.xml``
-(Aperio polygons) and/or ``labels/<stem>.png`` (instance maps), as the MoNuSeg release does.
+A root holds ``images/*.tif|*.tiff|*.png|*.jpg|*.jpeg`` and, optionally,
+``annotations_xml/<stem>.xml`` (Aperio polygons) and/or ``labels/<stem>.png`` (instance maps),
+as the MoNuSeg release does. Images at another resolution than the models' are resampled to
+it as they are read (``image_mpp``).
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from protoseg.io.images import image_size, read_instance_png, read_rgb
 from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb, scale_points
 from protoseg.memory import available_memory
 
-# JPEG too: tiles exported by slide viewers often are (lossy, but the models train on it).
 # Without true labels val_dataloader returns [] on purpose (no validation); Lightning warns
 # about every such empty list, which reads as a fault on a folder of your own images.
 warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
 
+# JPEG too: tiles exported by slide viewers often are (lossy, but the models train on it).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LabelFormat = Literal["xml", "png"]
 # Folder and suffix of each annotation format; "auto" prefers the official XML polygons,
