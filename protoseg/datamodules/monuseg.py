@@ -282,7 +282,8 @@ class MoNuSegDataModule(L.LightningDataModule):
             with ``postprocess_workers`` splits a batch's images side by side.
         image_mpp: µm per pixel of the root's images; None: they are at ``mpp`` already.
             Otherwise every image, label and pseudo mask is resampled to ``mpp`` when read,
-            so models, crops and validation work at ``mpp``, and
+            so models, crops and validation work at ``mpp`` (validation against labels
+            resized by nearest neighbour: enlarged, their blocky outlines lower AJI), and
             :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter` writes
             each predicted map back at its input's size (e.g. ``image_mpp: 0.5`` for 20x
             tiles predicted by a model trained on MoNuSeg's 40x).
