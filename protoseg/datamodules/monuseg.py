@@ -194,6 +194,8 @@ class ImageStore:
         image = self.image(record.image_path)
         if record.label_path is None or record.label_format is None:
             return image, None
+        if record.label_path in self._labels:  # every training crop: no header read
+            return image, self._labels[record.label_path]
         shape = image.shape[:2] if self.scale == 1 else image_size(record.image_path)
         return image, self.instances(record.label_path, record.label_format, shape)
 
