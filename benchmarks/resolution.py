@@ -25,9 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import fresh_run_dir, timed, write_result  # noqa: E402
 from protoseg.cli import main as protoseg  # noqa: E402
-from protoseg.datamodules.monuseg import find_records  # noqa: E402
-from protoseg.io.images import read_instance_png, read_rgb, write_png_atomic  # noqa: E402
-from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb  # noqa: E402
+from protoseg.datamodules.monuseg import ImageStore, find_records  # noqa: E402
+from protoseg.io.images import write_png_atomic  # noqa: E402
 from protoseg.scoring import score_predictions  # noqa: E402
 
 MODEL_MPP = 0.25
@@ -38,12 +37,11 @@ def shrink_root(source: Path, target: Path, factor: float) -> int:
     """Writes ``source``'s images and instance PNGs resized by ``factor`` into ``target``
     (``images/``, ``labels/``); returns the number of images."""
     records = find_records(source, "png")
+    store = ImageStore(factor)  # resamples as image_mpp does
     for record in records:
-        image = read_rgb(record.image_path)
-        shape = resampled_shape(image.shape[:2], factor)
-        write_png_atomic(target / "images" / f"{record.stem}.png", resize_rgb(image, shape))
-        assert record.label_path is not None  # "png": find_records checked every image has one
-        labels = resize_nearest(read_instance_png(record.label_path), shape)
+        image, labels = store.load(record)
+        assert labels is not None  # "png": find_records checked every image has one
+        write_png_atomic(target / "images" / f"{record.stem}.png", image)
         write_png_atomic(target / "labels" / f"{record.stem}.png", labels.astype(np.uint16))
     return len(records)
 
