@@ -69,6 +69,17 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     return files
 
 
+def _image_files(folder: Path, what: str) -> dict[str, Path]:
+    """A folder's images by stem; ``what`` names the folder in the errors."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {what} does not exist")
+    images = _files(folder, IMAGE_SUFFIXES)
+    if not images:
+        listed = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
+        raise DataError(f"{folder}: no images ({listed})")
+    return images
+
+
 def find_records(
     root: str | Path, label_source: Literal["auto", "xml", "png", "none"] = "auto"
 ) -> list[ImageRecord]:
@@ -87,12 +98,7 @@ def find_records(
         raise ValueError(f"label_source must be auto, xml, png or none, not {label_source!r}")
     root = Path(root)
     image_dir = root / "images"
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: images folder does not exist")
-    images = _files(image_dir, IMAGE_SUFFIXES)
-    if not images:
-        listed = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
-        raise DataError(f"{image_dir}: no images ({listed})")
+    images = _image_files(image_dir, "images folder")
     formats: tuple[LabelFormat, ...] = ("xml", "png") if label_source == "auto" else ()
     if label_source in ("xml", "png"):
         formats = (label_source,)
@@ -118,6 +124,24 @@ def find_records(
         fmt, label_path = found[0] if found else (None, None)
         records.append(ImageRecord(stem, image_path, label_path, fmt))
     return records
+
+
+def find_unlabelled(folders: list[str | Path], taken: set[str]) -> list[ImageRecord]:
+    """The images of further folders as unlabelled records, sorted by stem.
+
+    Raises:
+        DataError: a missing or empty folder, or a stem that is in ``taken`` (the root's
+            stems) or in two folders: pseudo masks are written and found by stem.
+    """
+    seen = {stem: Path("the root") for stem in taken}
+    records = []
+    for folder in map(Path, folders):
+        for stem, path in _image_files(folder, "unlabelled image folder").items():
+            if stem in seen:
+                raise DataError(f"{path}: same stem as an image of {seen[stem]}")
+            seen[stem] = folder
+            records.append(ImageRecord(stem, path))
+    return sorted(records, key=lambda record: record.stem)
 
 
 def split_stems(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -249,7 +273,8 @@ class MoNuSegDataModule(L.LightningDataModule):
 
     Training batches: ``image`` float32 (B, 3, h, w) normalised, ``target`` int64 (B, h, w)
     with :mod:`~protoseg.datamodules.targets` classes and ``instances`` int64 (B, h, w)
-    (ids of the source image); without any labels or pseudo masks only ``image``.
+    (ids of the source image); only ``image`` where a training image has neither labels nor
+    a pseudo mask.
     Validation / test batches hold one whole image: ``image`` (1, 3, H, W), ``instances``
     int64 (1, H, W) (absent without labels), ``stem`` [str] and ``path`` [str]; predict
     batches ``predict_batch_size`` images of one size, without ``instances``.
@@ -257,9 +282,11 @@ class MoNuSegDataModule(L.LightningDataModule):
     The split is image-wise (:func:`split_stems`). Validation and test use the true labels
     only; with ``pseudo_mask_dir`` training uses ``<pseudo_mask_dir>/<stem>.png`` instead
     (binary masks are split into 8-connected objects). Without true labels there is no
-    validation and every image trains. Test uses every labelled image of the root, predict
-    every image. Crops are reproducible: they depend only on ``torch.initial_seed()`` (set
-    by ``seed_everything``), the epoch and the position in it, whatever ``num_workers``.
+    validation and every image trains. Images of ``unlabelled_dirs`` only ever train. Test
+    uses every labelled image of the root, predict every image (``unlabelled_dirs`` too, so
+    that a label-free stage writes their pseudo masks). Crops are reproducible: they depend
+    only on ``torch.initial_seed()`` (set by ``seed_everything``), the epoch and the position
+    in it, whatever ``num_workers``.
 
     Args:
         root: folder with ``images/`` and optionally ``annotations_xml/``, ``labels/``.
@@ -290,6 +317,9 @@ class MoNuSegDataModule(L.LightningDataModule):
             each predicted map back at its input's size (e.g. ``image_mpp: 0.5`` for 20x
             tiles predicted by a model trained on MoNuSeg's 40x).
         mpp: µm per pixel the stage's models work at (MoNuSeg's 40x: about 0.25).
+        unlabelled_dirs: folders of further images (no annotations) that train beside the
+            root's, e.g. unannotated tiles for a label-free chain whose labelled root only
+            scores; they share ``image_mpp`` and need stems unique across the folders.
     """
 
     def __init__(
@@ -310,6 +340,7 @@ class MoNuSegDataModule(L.LightningDataModule):
         predict_batch_size: int = 1,
         image_mpp: float | None = None,
         mpp: float = 0.25,
+        unlabelled_dirs: list[str] | None = None,
     ) -> None:
         super().__init__()
         if mpp <= 0 or (image_mpp is not None and image_mpp <= 0):
@@ -343,14 +374,16 @@ class MoNuSegDataModule(L.LightningDataModule):
         return {r.stem: r.label_format for r in self.records}
 
     def _split(self) -> None:
-        self.records = find_records(self.root, self.hparams.label_source)
-        by_stem = {r.stem: r for r in self.records}
-        if any(r.label_path is not None for r in self.records):
-            hp = self.hparams
+        hp = self.hparams
+        records = find_records(self.root, hp.label_source)
+        by_stem = {r.stem: r for r in records}
+        if any(r.label_path is not None for r in records):
             train, val = split_stems(list(by_stem), hp.val_fraction, hp.split_seed)
         else:
             train, val = sorted(by_stem), []
-        self.train_records = [by_stem[s] for s in train]
+        unlabelled = find_unlabelled(hp.unlabelled_dirs or [], set(by_stem))
+        self.records = records + unlabelled
+        self.train_records = [by_stem[s] for s in train] + unlabelled
         self.val_records = [by_stem[s] for s in val]
 
     def _pseudo_records(self, records: list[ImageRecord]) -> list[ImageRecord]:
@@ -411,6 +444,9 @@ class MoNuSegDataModule(L.LightningDataModule):
             train = self.train_records
             if self.pseudo_mask_dir is not None:
                 train = self._pseudo_records(train)
+            elif any(r.label_path is None for r in train):
+                # Images of unlabelled_dirs beside labelled ones: every crop is an image only.
+                train = [ImageRecord(r.stem, r.image_path) for r in train]
             hp = self.hparams
             transform = train_transform(hp.crop_size, self.mean, self.std, hp.scale_jitter)
             self.train_dataset = RandomCropDataset(train, self.store, hp.crops_per_epoch, transform)

@@ -30,6 +30,7 @@ from protoseg.lightning_modules.evaluation import (
     log_gathered,
     log_overlay,
     prediction_items,
+    require_instances,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
@@ -181,11 +182,7 @@ class CentreDetectorModule(L.LightningModule):
         return crop_targets.batch(batch["instances"])
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        if "instances" not in batch:
-            raise ValueError(
-                "CentreDetectorModule trains on instance maps: give the datamodule labels "
-                "or a pseudo_mask_dir"
-            )
+        require_instances(batch, "CentreDetectorModule")
         images = batch["image"].contiguous(memory_format=torch.channels_last)
         targets = self._targets(batch)
         outputs = self.net(images).float()

@@ -17,6 +17,17 @@ Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def require_instances(batch: Batch, module: str) -> None:
+    """Refuses a training batch of images only (a root without labels, or one with
+    ``unlabelled_dirs``, and no ``pseudo_mask_dir``): ``module`` trains on instance maps."""
+    if "instances" not in batch:
+        raise ValueError(
+            f"{module} trains on instance maps, and these training crops have none: give the "
+            "datamodule labels for every training image, or a pseudo_mask_dir (images of "
+            "unlabelled_dirs have no labels)"
+        )
+
+
 def batch_rgb(batch: Batch, normalization: Normalization) -> list[np.ndarray]:
     """The batch's images back as (H, W, 3) uint8 RGB arrays."""
     mean, std = normalization

@@ -18,6 +18,7 @@ from protoseg.lightning_modules.evaluation import (
     log_gathered,
     log_overlay,
     prediction_items,
+    require_instances,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
@@ -269,6 +270,7 @@ class SegmentationModule(L.LightningModule):
         return [split(probs, maps) for probs, maps in self.split_inputs(images)]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        require_instances(batch, "SegmentationModule")
         images = batch["image"].contiguous(memory_format=torch.channels_last)
         # Under bf16 autocast the logits are bf16; the loss is computed in float32.
         loss = self.loss(self.net(images).float(), batch["target"])

@@ -275,6 +275,82 @@ def test_unlabelled_training_yields_images_only(
     assert set(batch) == {"image"} and module.val_dataloader() == []
 
 
+def unlabelled_folder(tmp_path: Path, make_monuseg_root: MakeRoot, stems: list[str]) -> Path:
+    """A folder of images only (no annotations), named ``stems``."""
+    images = make_monuseg_root(tmp_path / "extra_root", n_images=len(stems), labels=()) / "images"
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    for path, stem in zip(sorted(images.iterdir()), stems, strict=True):
+        shutil.copy(path, folder / f"{stem}{path.suffix}")
+    return folder
+
+
+def test_unlabelled_dirs_train_and_predict_but_never_score(
+    tmp_path: Path, make_monuseg_root: MakeRoot
+) -> None:
+    root = make_monuseg_root(tmp_path / "r", n_images=4)
+    extra = unlabelled_folder(tmp_path, make_monuseg_root, ["tile_a", "tile_b"])
+    module = data(root, unlabelled_dirs=[str(extra)], val_fraction=0.25, scale_jitter=0.0)
+    module.setup("fit")
+    alone = data(root, val_fraction=0.25)
+    alone.setup("fit")
+    assert module.val_records == alone.val_records, "the root's split as without the folder"
+    (held,) = [r.stem for r in module.val_records]
+    train = [r.stem for r in module.train_records]
+    assert train == [r.stem for r in alone.train_records] + ["tile_a", "tile_b"]
+    # Labelled and unlabelled images train together: every crop is an image only.
+    assert module.train_dataset is not None
+    assert all(r.label_path is None for r in module.train_dataset.records)
+    stems = {
+        module.train_dataset.records[int(np.random.default_rng(s).integers(5))].stem
+        for s in range(40)
+    }
+    assert {"tile_a", "tile_b"} <= stems
+    (batch,) = first_batches(module, 1)
+    assert set(batch) == {"image"}
+    (val,) = list(module.val_dataloader())
+    assert val["stem"] == [held] and val["instances"].max() > 1
+    module.setup("test")
+    assert module.test_dataset is not None
+    assert [r.stem for r in module.test_dataset.records] == ["img0", "img1", "img2", "img3"]
+    module.setup("predict")
+    predicted = [item["stem"] for item in module.predict_dataset]  # type: ignore[union-attr]
+    assert predicted == ["img0", "img1", "img2", "img3", "tile_a", "tile_b"]
+
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    for stem in train:
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:40, :40] = 255
+        Image.fromarray(mask).save(pseudo / f"{stem}.png")
+    with_masks = data(root, unlabelled_dirs=[str(extra)], pseudo_mask_dir=str(pseudo))
+    with_masks.setup("fit")
+    for batch in first_batches(with_masks):
+        assert set(np.unique(batch["instances"])) <= {0, 1}, "pseudo masks for all five"
+    (pseudo / "tile_b.png").unlink()
+    missing = data(root, unlabelled_dirs=[str(extra)], pseudo_mask_dir=str(pseudo))
+    with pytest.raises(DataError, match=r"tile_b\.png: pseudo mask missing"):
+        missing.setup("fit")
+
+
+def test_unlabelled_dirs_errors(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
+    root = make_monuseg_root(tmp_path / "r", n_images=2)
+    with pytest.raises(DataError, match=r"nowhere: unlabelled image folder does not exist"):
+        data(root, unlabelled_dirs=[str(tmp_path / "nowhere")]).setup("fit")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no images"):
+        data(root, unlabelled_dirs=[str(tmp_path / "empty")]).setup("fit")
+    clash = unlabelled_folder(tmp_path, make_monuseg_root, ["tile", "img1"])
+    with pytest.raises(DataError, match=r"img1\.png: same stem as an image of the root"):
+        data(root, unlabelled_dirs=[str(clash)]).setup("fit")
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    shutil.copy(clash / "tile.tif", twice / "tile.png")
+    (clash / "img1.png").unlink()
+    with pytest.raises(DataError, match=r"twice/tile\.png: same stem as an image of .*extra"):
+        data(root, unlabelled_dirs=[str(clash), str(twice)]).setup("fit")
+
+
 def test_jpeg_images_are_found(tmp_path: Path, make_monuseg_root: MakeRoot) -> None:
     root = make_monuseg_root(tmp_path / "r", labels=())
     Image.open(root / "images" / "img1.png").save(root / "images" / "img3.jpg", quality=95)

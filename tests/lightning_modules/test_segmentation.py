@@ -41,6 +41,23 @@ def test_fast_dev_run_fit_validate_predict(tiny_monuseg_root: Path) -> None:
     assert items and all(item["instances"].dtype == np.int32 for item in items)
 
 
+def test_training_without_instance_maps_names_the_problem(
+    tmp_path: Path, make_monuseg_root
+) -> None:
+    """A labelled root with a folder of unlabelled tiles and no pseudo masks: the crops are
+    images only, which a supervised head cannot train on."""
+    root = make_monuseg_root(tmp_path / "r")
+    extra = make_monuseg_root(tmp_path / "extra", labels=()) / "images"
+    for path in extra.iterdir():
+        path.rename(path.with_name(f"tile_{path.name}"))
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False)
+    data = tiny_data(root, unlabelled_dirs=[str(extra)])
+    with pytest.raises(
+        ValueError, match="SegmentationModule trains on instance maps.*pseudo_mask_dir"
+    ):
+        trainer.fit(tiny_module(), datamodule=data)
+
+
 def test_workers_score_and_draw_as_this_process_does(
     tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
