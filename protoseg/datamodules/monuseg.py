@@ -167,9 +167,10 @@ class ImageStore:
     Instance maps from XML are rasterised to the image size; PNG maps must match it. With
     ``scale`` other than 1 both are resampled by it (images with an area filter or
     bilinearly, XML polygons drawn on the finer or coarser grid, PNG maps by nearest
-    neighbour; :mod:`protoseg.io.resample`). Kept maps are uint16 where the ids fit (a
-    1000 px MoNuSeg image: 3 MB + 2 MB). Only what :meth:`keep` loaded stays: one-pass test
-    and predict reads are not held.
+    neighbour; :mod:`protoseg.io.resample`), except the maps asked for ``native``: those stay
+    at the image file's resolution, the one validation scores at. Kept maps are uint16 where
+    the ids fit (a 1000 px MoNuSeg image: 3 MB + 2 MB). Only what :meth:`keep` loaded stays:
+    one-pass test and predict reads are not held.
 
     Args:
         scale: factor every image and map is resized by (image µm/px over the models' µm/px).
@@ -180,7 +181,8 @@ class ImageStore:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.scale = scale
         self._images: dict[Path, np.ndarray] = {}
-        self._labels: dict[Path, np.ndarray] = {}
+        # Keyed by (label file, native): a map at the models' and at the file's resolution.
+        self._labels: dict[tuple[Path, bool], np.ndarray] = {}
 
     def __len__(self) -> int:
         """Number of images held in memory."""
@@ -193,16 +195,19 @@ class ImageStore:
         image = read_rgb(path)
         return resize_rgb(image, resampled_shape(image.shape[:2], self.scale))
 
-    def instances(self, path: Path, fmt: LabelFormat, shape: tuple[int, int]) -> np.ndarray:
+    def instances(
+        self, path: Path, fmt: LabelFormat, shape: tuple[int, int], native: bool = False
+    ) -> np.ndarray:
         """Instance ids (uint16 or int32) for an image file of ``shape`` (H, W), resampled by
-        ``scale`` as the image is."""
-        if path in self._labels:
-            return self._labels[path]
-        target = resampled_shape(shape, self.scale)
+        ``scale`` as the image is, or at ``shape`` itself when ``native``."""
+        if (path, native) in self._labels:
+            return self._labels[path, native]
+        scale = 1.0 if native else self.scale
+        target = resampled_shape(shape, scale)
         if fmt == "xml":
             polygons = read_aperio_polygons(path)
-            if self.scale != 1:
-                polygons = [scale_points(vertices, self.scale) for vertices in polygons]
+            if scale != 1:
+                polygons = [scale_points(vertices, scale) for vertices in polygons]
             instances = rasterize_polygons(polygons, target)
         else:
             instances = read_instance_png(path)
@@ -213,27 +218,32 @@ class ImageStore:
             instances = instances.astype(np.uint16)
         return instances
 
-    def load(self, record: ImageRecord) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image and, when the record is labelled, its instance map."""
+    def load(
+        self, record: ImageRecord, native: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image and, when the record is labelled, its instance map (at the image file's
+        resolution when ``native``, else at the image's)."""
         image = self.image(record.image_path)
         if record.label_path is None or record.label_format is None:
             return image, None
-        if record.label_path in self._labels:  # every training crop: no header read
-            return image, self._labels[record.label_path]
+        native = native and self.scale != 1
+        if (record.label_path, native) in self._labels:  # every training crop: no header read
+            return image, self._labels[record.label_path, native]
         shape = image.shape[:2] if self.scale == 1 else image_size(record.image_path)
-        return image, self.instances(record.label_path, record.label_format, shape)
+        return image, self.instances(record.label_path, record.label_format, shape, native)
 
-    def keep(self, record: ImageRecord) -> None:
+    def keep(self, record: ImageRecord, native: bool = False) -> None:
         """Loads a record (checking its files) and holds its arrays in memory."""
-        image, instances = self.load(record)
+        image, instances = self.load(record, native)
         self._images[record.image_path] = image
         if instances is not None and record.label_path is not None:
-            self._labels[record.label_path] = instances
+            self._labels[record.label_path, native and self.scale != 1] = instances
 
 
 class WholeImageDataset(Dataset):
     """Whole normalised images: ``image`` (3, H, W) float32, ``stem``, ``path`` and, for
-    labelled records when ``with_labels``, ``instances`` (H, W) int64."""
+    labelled records when ``with_labels``, ``instances`` (H, W) int64, at the image file's
+    own resolution (which a resampling store's images are not at)."""
 
     def __init__(
         self,
@@ -248,6 +258,7 @@ class WholeImageDataset(Dataset):
         self.mean = mean
         self.std = std
         self.with_labels = with_labels
+        self.native = True  # what :meth:`ImageStore.keep` should hold its labels at
 
     def __len__(self) -> int:
         return len(self.records)
@@ -255,7 +266,7 @@ class WholeImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         if self.with_labels:
-            image, instances = self.store.load(record)
+            image, instances = self.store.load(record, native=True)
         else:
             image, instances = self.store.image(record.image_path), None
         item: dict[str, Any] = {
@@ -310,12 +321,13 @@ class MoNuSegDataModule(L.LightningDataModule):
             images of one size (a folder of mixed sizes is batched size by size), and a head
             with ``postprocess_workers`` splits a batch's images side by side.
         image_mpp: µm per pixel of the root's images; None: they are at ``mpp`` already.
-            Otherwise every image, label and pseudo mask is resampled to ``mpp`` when read,
-            so models, crops and validation work at ``mpp`` (validation against labels
-            resized by nearest neighbour: enlarged, their blocky outlines lower AJI), and
+            Otherwise every image, training label and pseudo mask is resampled to ``mpp``
+            when read, so models and crops work at ``mpp``;
             :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter` writes
             each predicted map back at its input's size (e.g. ``image_mpp: 0.5`` for 20x
-            tiles predicted by a model trained on MoNuSeg's 40x).
+            tiles predicted by a model trained on MoNuSeg's 40x), and validation and test
+            score it there too, against the labels as they are (labels enlarged by nearest
+            neighbour would have blocky outlines, which lower AJI).
         mpp: µm per pixel the stage's models work at (MoNuSeg's 40x: about 0.25).
         unlabelled_dirs: folders of further images (no annotations) that train beside the
             root's, e.g. unannotated tiles for a label-free chain whose labelled root only
@@ -406,30 +418,42 @@ class MoNuSegDataModule(L.LightningDataModule):
         # Decoding once here, before DataLoader workers fork, lets them share the arrays.
         if not self.hparams.cache_images:
             return
-        kept = {(r.image_path, r.label_path): r for d in datasets for r in d.records}
-        records = list(kept.values())
-        if not self._cache_fits(records):
+        resampled = self.store.scale != 1
+        kept = {
+            # At scale 1 the native maps are the resampled ones: one key for both.
+            (r.image_path, r.label_path, getattr(d, "native", False) and resampled): r
+            for d in datasets
+            for r in d.records
+        }
+        held = [(record, native) for (*_, native), record in kept.items()]
+        if not self._cache_fits(held):
             return
-        for record in records:
-            self.store.keep(record)
+        for record, native in held:
+            self.store.keep(record, native)
 
-    def _cache_fits(self, records: list[ImageRecord]) -> bool:
-        """Whether every process of the job can hold ``records`` decoded in under half the
-        memory left to it (sizes read from the file headers); warns when not."""
+    def _cache_fits(self, held: list[tuple[ImageRecord, bool]]) -> bool:
+        """Whether every process of the job can hold the records decoded (their labels at the
+        file's resolution where flagged native) in under half the memory left to it (sizes
+        read from the file headers); warns when not."""
         available = available_memory()
         if available is None:
             return True
-        pixels = {
-            r.image_path: int(np.prod(resampled_shape(image_size(r.image_path), self.store.scale)))
-            for r in records
+        scale = self.store.scale
+        sizes = {r.image_path: image_size(r.image_path) for r, _ in held}
+        pixels = {path: int(np.prod(resampled_shape(size, scale))) for path, size in sizes.items()}
+        labels = {
+            (r.label_path, native): int(np.prod(sizes[r.image_path]))
+            if native
+            else pixels[r.image_path]
+            for r, native in held
+            if r.label_path is not None
         }
-        labels = {r.label_path: pixels[r.image_path] for r in records if r.label_path is not None}
         need = 3 * sum(pixels.values()) + 2 * sum(labels.values())  # RGB uint8, ids uint16
         processes = self.trainer.num_devices if self.trainer is not None else 1
         if need * processes <= available // 2:
             return True
         rank_zero_warn(
-            f"{self.root}: not holding the {len(records)} images in memory "
+            f"{self.root}: not holding the {len(sizes)} images in memory "
             f"(cache_images): they take {need / 2**30:.1f} GiB in each of {processes} "
             f"process(es), more than half of the {available / 2**30:.1f} GiB left; "
             "every epoch reads them from disk instead"

@@ -52,6 +52,15 @@ def scale_points(points: np.ndarray, scale: float) -> np.ndarray:
     return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5
 
 
+def points_to_shape(
+    points: np.ndarray, shape: tuple[int, int], new_shape: tuple[int, int]
+) -> np.ndarray:
+    """(x, y) pixel-index coordinates in an image of ``shape`` (H, W) moved to the same
+    places of that image resized to ``new_shape``."""
+    ratio = np.array([new_shape[1] / shape[1], new_shape[0] / shape[0]])
+    return (np.asarray(points, dtype=np.float64).reshape(-1, 2) + 0.5) * ratio - 0.5
+
+
 def _sources(size_in: int, size_out: int) -> np.ndarray:
     centres = (np.arange(size_out) + 0.5) * (size_in / size_out)
     return np.minimum(centres.astype(np.int64), size_in - 1)

@@ -22,6 +22,7 @@ from skimage.morphology import dilation, disk
 from torch import nn
 
 from protoseg.datamodules.transforms import RandomCropDataset
+from protoseg.io.resample import points_to_shape
 from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
@@ -207,8 +208,12 @@ class CentreDetectorModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         peaks = self._peaks(batch["image"])
-        # cell_points gives (x, y): the peaks' (row, col) are turned to match.
-        truth = [cell_points(m) for m in batch["instances"].cpu().numpy()]
+        grid = tuple(batch["image"].shape[-2:])
+        # cell_points gives (x, y): the peaks' (row, col) are turned to match. The true
+        # centroids come from the labels at their own resolution, moved onto the image's grid.
+        truth = [
+            points_to_shape(cell_points(m), m.shape, grid) for m in batch["instances"].cpu().numpy()
+        ]
         self.val_metrics.update(
             [torch.from_numpy(p[:, ::-1].astype(np.float64)) for p in peaks],
             [torch.from_numpy(t) for t in truth],

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from protoseg.io.resample import resize_nearest
 from protoseg.metrics import NucleiMetrics
 from protoseg.visualize import denormalize, overlay_instances
 
@@ -35,11 +36,12 @@ def batch_rgb(batch: Batch, normalization: Normalization) -> list[np.ndarray]:
 
 
 def update_metrics(metrics: NucleiMetrics, predictions: list[np.ndarray], batch: Batch) -> None:
-    """Adds predicted instance maps and the batch's true ``instances`` to ``metrics``."""
-    metrics.update(
-        [torch.from_numpy(p) for p in predictions],
-        [t.cpu() for t in batch["instances"]],
-    )
+    """Adds predicted instance maps and the batch's true ``instances`` to ``metrics``, on the
+    labels' grid: a map predicted on a resampled image is resized to its labels' by nearest
+    neighbour, as the prediction writer writes it."""
+    targets = [t.cpu() for t in batch["instances"]]
+    on_grid = [resize_nearest(p, tuple(t.shape)) for p, t in zip(predictions, targets, strict=True)]
+    metrics.update([torch.from_numpy(np.ascontiguousarray(p)) for p in on_grid], targets)
 
 
 def log_gathered(module: L.LightningModule, values: dict[str, Any]) -> None:
@@ -58,11 +60,12 @@ def log_overlay(
     normalization: Normalization,
 ) -> None:
     """Draws prediction (green) and truth (magenta) outlines of the batch's first image to
-    TensorBoard as ``val/overlay_<index>``; does nothing without a TensorBoard logger."""
+    TensorBoard as ``val/overlay_<index>``, on the image's grid (labels at another resolution
+    are resized to it); does nothing without a TensorBoard logger."""
     if not isinstance(module.logger, TensorBoardLogger) or module.trainer.sanity_checking:
         return
     image = batch_rgb({"image": batch["image"][:1]}, normalization)[0]
-    target = batch["instances"][0].cpu().numpy()
+    target = resize_nearest(batch["instances"][0].cpu().numpy(), image.shape[:2])
     picture = overlay_instances(image, prediction, target)
     module.logger.experiment.add_image(
         f"val/overlay_{index}", picture, module.global_step, dataformats="HWC"

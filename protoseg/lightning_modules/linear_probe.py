@@ -21,6 +21,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from skimage.measure import label
 from skimage.morphology import remove_small_objects
 
+from protoseg.io.resample import resize_nearest
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Normalization,
@@ -121,8 +122,9 @@ class LinearProbeModule(L.LightningModule):
     def _score(self, batch: Batch, metrics: NucleiMetrics) -> list[np.ndarray]:
         instances, masks = self.predict_instances(batch["image"])
         update_metrics(metrics, instances, batch)
-        for mask, target in zip(masks, batch["instances"], strict=True):
-            self._counts += torch.tensor(dice_counts(mask, target > 0))
+        for mask, target in zip(masks.cpu().numpy(), batch["instances"].cpu(), strict=True):
+            on_grid = torch.from_numpy(resize_nearest(mask, tuple(target.shape)))
+            self._counts += torch.tensor(dice_counts(on_grid, target > 0))
         return instances
 
     def _log_scores(self, metrics: NucleiMetrics, prefix: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from protoseg.datamodules.targets import BACKGROUND
+from protoseg.io.resample import resize_nearest
 from protoseg.metrics.functional import nuclei_scores
 from protoseg.modules.centre_votes import vote_heatmap
 from protoseg.modules.postprocess import (
@@ -95,8 +96,11 @@ def split_and_score(
     iou_threshold: float = 0.5,
 ) -> tuple[np.ndarray, dict[str, float] | None]:
     """``split(probs, centre_maps)`` and, given the true instance map ``target``, its
-    :func:`~protoseg.metrics.functional.nuclei_scores` (a module-level function, so that a
-    worker process can run it)."""
+    :func:`~protoseg.metrics.functional.nuclei_scores`, on the target's grid where that is
+    another (the instances resized to it by nearest neighbour). A module-level function, so
+    that a worker process can run it."""
     instances = split(probs, centre_maps)
-    scores = None if target is None else nuclei_scores(instances, target, iou_threshold)
-    return instances, scores
+    if target is None:
+        return instances, None
+    on_grid = resize_nearest(instances, target.shape)
+    return instances, nuclei_scores(on_grid, target, iou_threshold)

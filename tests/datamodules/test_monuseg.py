@@ -370,10 +370,13 @@ def test_images_at_another_resolution_are_resampled_with_their_labels(
     module.setup("fit")
     for plain, resampled in zip(native.val_dataloader(), module.val_dataloader(), strict=True):
         assert resampled["image"].shape == (1, 3, 128, 128)
-        assert resampled["instances"].shape == (1, 128, 128)
-        truth = plain["instances"][0].numpy()
-        nearest = np.repeat(np.repeat(truth, 2, 0), 2, 1)
-        labels = resampled["instances"][0].numpy()
+        # Validation scores at the files' own resolution: the labels as the plain root's.
+        torch.testing.assert_close(resampled["instances"], plain["instances"])
+        # Training reads them at the models' resolution, with the image.
+        (record,) = [r for r in module.records if [r.stem] == plain["stem"]]
+        image, labels = module.store.load(record)
+        assert image.shape == (128, 128, 3) and labels is not None
+        nearest = np.repeat(np.repeat(plain["instances"][0].numpy(), 2, 0), 2, 1)
         agree = ((labels > 0) == (nearest > 0)).mean()
         # PNG maps: exactly the nearest resize; XML polygons drawn on the finer grid differ
         # only along outlines.
@@ -381,6 +384,7 @@ def test_images_at_another_resolution_are_resampled_with_their_labels(
         # the image's dark nuclei stay under their labels
         grey = resampled["image"][0].mean(0).numpy()
         assert grey[labels > 0].mean() < grey[labels == 0].mean() - 0.5
+    assert len(module.store) == 2 and len(module.store._labels) == 4, "both grids held"
     (crops,) = first_batches(module, 1)
     assert crops["image"].shape == (3, 3, 32, 32)
 

@@ -7,7 +7,14 @@ import pytest
 from skimage.draw import ellipse
 
 from protoseg.io.aperio_xml import rasterize_polygons
-from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb, scale_points
+from protoseg.io.resample import (
+    points_to_shape,
+    resampled_shape,
+    resize_nearest,
+    resize_rgb,
+    scale_points,
+)
+from protoseg.modules.psm import cell_points
 
 
 def test_resampled_shape() -> None:
@@ -63,3 +70,18 @@ def test_polygons_drawn_on_the_finer_grid_match_the_resized_map() -> None:
     truth = np.zeros((96, 128), bool)
     truth[rr, cc] = True
     assert np.logical_and(truth, fine > 0).sum() / np.logical_or(truth, fine > 0).sum() > 0.9
+
+
+def test_points_move_with_the_image() -> None:
+    """Centroids of a map enlarged 2 x 3 times by repetition (an independent resize) are
+    those of the small map moved by ``points_to_shape``, and moved back."""
+    small = np.zeros((20, 30), np.int32)
+    small[2:7, 3:5] = 1
+    small[10:19, 20:29] = 2
+    small[15, 5] = 3
+    large = np.repeat(np.repeat(small, 2, axis=0), 3, axis=1)
+    moved = points_to_shape(cell_points(small), small.shape, large.shape)
+    np.testing.assert_allclose(moved, cell_points(large))
+    back = points_to_shape(moved, large.shape, small.shape)
+    np.testing.assert_allclose(back, cell_points(small))
+    assert points_to_shape(np.zeros((0, 2)), (4, 4), (8, 8)).shape == (0, 2)

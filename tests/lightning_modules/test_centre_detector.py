@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule, points_to_discs
@@ -16,6 +17,7 @@ from protoseg.lightning_modules.segmentation import SegmentationModule, load_cen
 from protoseg.modules import instance_split
 from protoseg.modules.centre_targets import CentreTargets
 from protoseg.modules.networks import UNet
+from protoseg.modules.psm import cell_points
 
 CHANNELS = (16, 16, 8, 8, 8)
 
@@ -278,3 +280,30 @@ def test_on_a_cpu_the_step_builds_the_targets(
     short_trainer(tiny_monuseg_root.parent / "cpu", steps=2).fit(detector, datamodule=data)
     assert built == [4, 4]
     assert data.train_dataset is not None and data.train_dataset.crop_targets is None
+
+
+def test_validation_of_resampled_images_matches_centres_in_place(
+    tiny_monuseg_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images at 0.5 µm/px for a detector at 0.25: the labels stay at 64 px, and their
+    centroids are matched on the images' 128 px grid. Peaks at the centroids of the labels
+    enlarged by repetition (an independent resize) match every one within 0.1 px."""
+    stems = sorted(path.stem for path in (tiny_monuseg_root / "labels").iterdir())
+    enlarged = []
+    for stem in stems:
+        labels = np.array(Image.open(tiny_monuseg_root / "labels" / f"{stem}.png"))
+        enlarged.append(np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1))
+    model = CentreDetectorModule(tiny_net(1), radius=0.1, tile_size=64, tile_overlap=16)
+
+    def centroids(images: torch.Tensor) -> list[np.ndarray]:
+        assert tuple(images.shape[-2:]) == (128, 128)
+        return [cell_points(enlarged.pop(0))[:, ::-1].copy()]  # (row, col), as peaks are
+
+    monkeypatch.setattr(model, "_peaks", centroids)
+    data = MoNuSegDataModule(
+        root=str(tiny_monuseg_root), image_mpp=0.5, val_fraction=0.0, num_workers=0
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (metrics,) = trainer.validate(model, datamodule=data)
+    assert not enlarged, "every image validated"
+    assert metrics["val/precision"] == metrics["val/recall"] == 1.0

@@ -70,6 +70,25 @@ def test_fit_trains_only_the_head_and_logs_val_dice(tiny_monuseg_root: Path) -> 
     item = predictions[0][0]
     assert item["instances"].dtype == np.int32 and item["instances"].shape == (64, 64)
 
+    # Images at 0.5 µm/px for 0.25: the 128 px masks are scored against the 64 px labels,
+    # resized to them by nearest neighbour (every second pixel, from the second: an
+    # independent resize).
+    resampled = MoNuSegDataModule(
+        str(tiny_monuseg_root), val_fraction=0.34, image_mpp=0.5, num_workers=0
+    )
+    (metrics,) = trainer.validate(model, datamodule=resampled)
+    intersection = total = 0
+    model.eval()
+    for batch in resampled.val_dataloader():
+        with torch.no_grad():
+            _, masks = model.predict_instances(batch["image"])
+        small = masks[0].numpy()[1::2, 1::2]
+        truth = batch["instances"][0].numpy() > 0
+        assert masks.shape[-2:] == (128, 128) and truth.shape == (64, 64)
+        intersection += int((small & truth).sum())
+        total += int(small.sum() + truth.sum())
+    assert total > 0 and metrics["val/dice"] == pytest.approx(2 * intersection / total)
+
 
 def test_config_builds_through_the_cli(tiny_monuseg_root: Path, tmp_path: Path) -> None:
     weights = save_encoder_checkpoint(TimmBackbone("test_resnet"), tmp_path / "enc.ckpt")

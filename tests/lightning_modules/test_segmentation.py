@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import cpu_trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
+from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.lightning_modules import segmentation
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.networks import UNet
+from protoseg.scoring import score_predictions
 
 
 def tiny_module(**kwargs: object) -> SegmentationModule:
@@ -56,6 +59,30 @@ def test_training_without_instance_maps_names_the_problem(
         ValueError, match="SegmentationModule trains on instance maps.*pseudo_mask_dir"
     ):
         trainer.fit(tiny_module(), datamodule=data)
+
+
+def test_validation_of_resampled_images_scores_what_the_writer_writes(
+    tiny_monuseg_root: Path, tmp_path: Path
+) -> None:
+    """Images at 0.5 µm/px for a model at 0.25: validation scores its maps at the files' own
+    resolution, so its figures are ``protoseg score``'s of the maps the writer writes."""
+    L.seed_everything(0)
+    model = tiny_module()
+    data = tiny_data(tiny_monuseg_root, val_fraction=0.0, image_mpp=0.5, crop_size=64)
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer = L.Trainer(max_steps=10, limit_val_batches=0, enable_checkpointing=False, **quiet)
+    trainer.fit(model, datamodule=data)
+    # With TensorBoard the overlays draw the 64 px labels on the 128 px image.
+    logged = dict(quiet, logger=TensorBoardLogger(tmp_path, name="tb"))
+    (metrics,) = L.Trainer(**logged).validate(model, datamodule=data)
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    out = tmp_path / "maps"
+    writer = InstancePredictionWriter(out, geojson=False, overlay=False)
+    L.Trainer(callbacks=[writer], **quiet).predict(model, datamodule=data, return_predictions=False)
+    scored = score_predictions(out, tiny_monuseg_root)
+    assert scored["images"] == 3 and metrics["val/aji"] > 0.01, "objects found"
+    for name in ("pixel_dice", "object_dice", "aji", "pq"):
+        assert metrics[f"val/{name}"] == pytest.approx(scored["mean"][name], abs=1e-6)
 
 
 def test_workers_score_and_draw_as_this_process_does(
