@@ -258,7 +258,6 @@ class WholeImageDataset(Dataset):
         self.mean = mean
         self.std = std
         self.with_labels = with_labels
-        self.native = True  # what :meth:`ImageStore.keep` should hold its labels at
 
     def __len__(self) -> int:
         return len(self.records)
@@ -414,16 +413,17 @@ class MoNuSegDataModule(L.LightningDataModule):
     def _whole(self, records: list[ImageRecord], with_labels: bool = True) -> WholeImageDataset:
         return WholeImageDataset(records, self.store, self.mean, self.std, with_labels)
 
-    def _warm(self, datasets: list[Any]) -> None:
+    def _warm(self, datasets: list[tuple[Any, bool]]) -> None:
+        """Holds the records of (dataset, labels at the files' resolution) pairs in memory."""
         # Decoding once here, before DataLoader workers fork, lets them share the arrays.
         if not self.hparams.cache_images:
             return
         resampled = self.store.scale != 1
         kept = {
             # At scale 1 the native maps are the resampled ones: one key for both.
-            (r.image_path, r.label_path, getattr(d, "native", False) and resampled): r
-            for d in datasets
-            for r in d.records
+            (r.image_path, r.label_path, native and resampled): r
+            for dataset, native in datasets
+            for r in dataset.records
         }
         held = [(record, native) for (*_, native), record in kept.items()]
         if not self._cache_fits(held):
@@ -476,7 +476,9 @@ class MoNuSegDataModule(L.LightningDataModule):
             self.train_dataset = RandomCropDataset(train, self.store, hp.crops_per_epoch, transform)
         if stage in ("fit", "validate"):
             self.val_dataset = self._whole(self.val_records) if self.val_records else None
-            self._warm([d for d in (self.train_dataset, self.val_dataset) if d is not None])
+            # Training crops read labels at the models' resolution, validation at the files'.
+            pairs = [(self.train_dataset, False), (self.val_dataset, True)]
+            self._warm([(d, native) for d, native in pairs if d is not None])
         if stage == "test":
             labelled = [r for r in self.records if r.label_path is not None]
             if not labelled:
