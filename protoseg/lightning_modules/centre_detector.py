@@ -32,6 +32,7 @@ from protoseg.lightning_modules.evaluation import (
     log_overlay,
     prediction_items,
     require_instances,
+    require_labelled_crops,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
@@ -165,6 +166,8 @@ class CentreDetectorModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         channels_last_under_ddp(self, stage)  # before the DDP wrap (ddp_layout.py)
+        if stage == "fit":
+            require_labelled_crops(self.trainer, "CentreDetectorModule")
         # The datamodule's setup has built its crop dataset and no loader has started its
         # workers yet: given the targets' description, the dataset builds them there.
         dataset = getattr(self.trainer.datamodule, "train_dataset", None)

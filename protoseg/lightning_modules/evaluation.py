@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from protoseg.datamodules.transforms import RandomCropDataset
+from protoseg.io.errors import DataError
 from protoseg.io.resample import resize_nearest
 from protoseg.metrics import NucleiMetrics
 from protoseg.visualize import denormalize, overlay_instances
@@ -16,6 +18,30 @@ from protoseg.visualize import denormalize, overlay_instances
 Batch = dict[str, Any]
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def require_labelled_crops(trainer: L.Trainer, module: str) -> None:
+    """Refuses a fit, before its first step, whose training crops come from an image with
+    neither labels nor a pseudo mask (``unlabelled_dirs`` without ``pseudo_mask_dir``):
+    ``module`` trains on instance maps. Names the first such image.
+
+    Raises:
+        DataError: such an image among the datamodule's crop records.
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    dataset = getattr(datamodule, "train_dataset", None)
+    if not isinstance(dataset, RandomCropDataset):
+        return
+    image_only = [r for r in dataset.records if r.label_path is None]
+    if not image_only:
+        return
+    # Beside an unlabelled one, labelled images train as images only too: name the former.
+    labels = {r.image_path: r.label_path for r in getattr(datamodule, "records", [])}
+    first = next((r for r in image_only if labels.get(r.image_path) is None), image_only[0])
+    raise DataError(
+        f"{first.image_path}: no labels or pseudo mask, and {module} trains on instance "
+        "maps: give the datamodule a pseudo_mask_dir, or leave out unlabelled_dirs"
+    )
 
 
 def require_instances(batch: Batch, module: str) -> None:

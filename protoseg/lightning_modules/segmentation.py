@@ -19,6 +19,7 @@ from protoseg.lightning_modules.evaluation import (
     log_overlay,
     prediction_items,
     require_instances,
+    require_labelled_crops,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
@@ -217,11 +218,14 @@ class SegmentationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Shares the post-processing workers' cores among the trainer's processes on this
         node (its DDP ranks each run a pool), lays the weights out channels-last for a DDP fit
-        (:mod:`~protoseg.lightning_modules.ddp_layout`), and loads the centre detector's
-        weights before a fit (a checkpoint restores them after)."""
+        (:mod:`~protoseg.lightning_modules.ddp_layout`), refuses a fit on images without
+        labels or pseudo masks, and loads the centre detector's weights before a fit (a
+        checkpoint restores them after)."""
         if self._trainer is not None:
             self.pool.share(max(1, self._trainer.num_devices))
         channels_last_under_ddp(self, stage)
+        if stage == "fit":
+            require_labelled_crops(self.trainer, "SegmentationModule")
         if stage == "fit" and self.centre_net is not None:
             load_centre_weights(self.centre_net, self.hparams.centre_weights)
 

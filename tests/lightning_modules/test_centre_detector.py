@@ -3,6 +3,7 @@ hands its frozen weights to a segmentation head's distance split."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from protoseg.datamodules.monuseg import MoNuSegDataModule
+from protoseg.io.errors import DataError
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule, points_to_discs
 from protoseg.lightning_modules.segmentation import SegmentationModule, load_centre_weights
 from protoseg.modules import instance_split
@@ -307,3 +309,14 @@ def test_validation_of_resampled_images_matches_centres_in_place(
     (metrics,) = trainer.validate(model, datamodule=data)
     assert not enlarged, "every image validated"
     assert metrics["val/precision"] == metrics["val/recall"] == 1.0
+
+
+def test_fit_on_images_without_instance_maps_names_one(
+    tmp_path: Path, make_monuseg_root: Callable[..., Path]
+) -> None:
+    root = make_monuseg_root(tmp_path / "r", labels=())
+    model = CentreDetectorModule(tiny_net(1), tile_size=64, tile_overlap=16)
+    trainer = short_trainer(tmp_path)
+    with pytest.raises(DataError, match=r"img0\.tif: no labels or pseudo mask, and Centre"):
+        trainer.fit(model, datamodule=tiny_data(root))
+    assert trainer.global_step == 0

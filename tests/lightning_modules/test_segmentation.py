@@ -15,6 +15,7 @@ from PIL import Image
 
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.datamodules.monuseg import MoNuSegDataModule
+from protoseg.io.errors import DataError
 from protoseg.lightning_modules import segmentation
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.networks import UNet
@@ -48,17 +49,23 @@ def test_training_without_instance_maps_names_the_problem(
     tmp_path: Path, make_monuseg_root
 ) -> None:
     """A labelled root with a folder of unlabelled tiles and no pseudo masks: the crops are
-    images only, which a supervised head cannot train on."""
+    images only, which a supervised head cannot train on. The fit stops before its first
+    step, naming an unlabelled tile; a batch of images only is refused too."""
     root = make_monuseg_root(tmp_path / "r")
     extra = make_monuseg_root(tmp_path / "extra", labels=()) / "images"
     for path in extra.iterdir():
         path.rename(path.with_name(f"tile_{path.name}"))
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False)
     data = tiny_data(root, unlabelled_dirs=[str(extra)])
+    model = tiny_module()
     with pytest.raises(
-        ValueError, match="SegmentationModule trains on instance maps.*pseudo_mask_dir"
+        DataError, match=r"tile_img0\.tif: no labels or pseudo mask, and SegmentationModule"
     ):
-        trainer.fit(tiny_module(), datamodule=data)
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 0
+    images_only = {"image": torch.zeros(2, 3, 32, 32)}
+    with pytest.raises(ValueError, match="SegmentationModule trains on instance maps"):
+        model.training_step(images_only, 0)
 
 
 def test_validation_of_resampled_images_scores_what_the_writer_writes(
