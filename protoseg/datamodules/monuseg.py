@@ -188,6 +188,11 @@ class ImageStore:
         """Number of images held in memory."""
         return len(self._images)
 
+    def label_key(self, path: Path | None, native: bool) -> tuple[Path | None, bool]:
+        """Where the map of label file ``path`` is kept: native maps are maps of their own
+        only when this store resamples (at scale 1 both are the file's)."""
+        return path, native and self.scale != 1
+
     def image(self, path: Path) -> np.ndarray:
         """(H, W, 3) uint8, resampled by ``scale``."""
         if path in self._images:
@@ -200,8 +205,9 @@ class ImageStore:
     ) -> np.ndarray:
         """Instance ids (uint16 or int32) for an image file of ``shape`` (H, W), resampled by
         ``scale`` as the image is, or at ``shape`` itself when ``native``."""
-        if (path, native) in self._labels:
-            return self._labels[path, native]
+        key = self.label_key(path, native)
+        if key in self._labels:
+            return self._labels[key]
         scale = 1.0 if native else self.scale
         target = resampled_shape(shape, scale)
         if fmt == "xml":
@@ -226,9 +232,9 @@ class ImageStore:
         image = self.image(record.image_path)
         if record.label_path is None or record.label_format is None:
             return image, None
-        native = native and self.scale != 1
-        if (record.label_path, native) in self._labels:  # every training crop: no header read
-            return image, self._labels[record.label_path, native]
+        key = self.label_key(record.label_path, native)
+        if key in self._labels:  # every training crop: no header read
+            return image, self._labels[key]
         shape = image.shape[:2] if self.scale == 1 else image_size(record.image_path)
         return image, self.instances(record.label_path, record.label_format, shape, native)
 
@@ -237,7 +243,7 @@ class ImageStore:
         image, instances = self.load(record, native)
         self._images[record.image_path] = image
         if instances is not None and record.label_path is not None:
-            self._labels[record.label_path, native and self.scale != 1] = instances
+            self._labels[self.label_key(record.label_path, native)] = instances
 
 
 class WholeImageDataset(Dataset):
@@ -418,14 +424,13 @@ class MoNuSegDataModule(L.LightningDataModule):
         # Decoding once here, before DataLoader workers fork, lets them share the arrays.
         if not self.hparams.cache_images:
             return
-        resampled = self.store.scale != 1
+        # One entry per image and kept map (at scale 1 the native maps are the others).
         kept = {
-            # At scale 1 the native maps are the resampled ones: one key for both.
-            (r.image_path, r.label_path, native and resampled): r
+            (r.image_path, self.store.label_key(r.label_path, native)): (r, native)
             for dataset, native in datasets
             for r in dataset.records
         }
-        held = [(record, native) for (*_, native), record in kept.items()]
+        held = list(kept.values())
         if not self._cache_fits(held):
             return
         for record, native in held:
@@ -442,7 +447,7 @@ class MoNuSegDataModule(L.LightningDataModule):
         sizes = {r.image_path: image_size(r.image_path) for r, _ in held}
         pixels = {path: int(np.prod(resampled_shape(size, scale))) for path, size in sizes.items()}
         labels = {
-            (r.label_path, native): int(np.prod(sizes[r.image_path]))
+            self.store.label_key(r.label_path, native): int(np.prod(sizes[r.image_path]))
             if native
             else pixels[r.image_path]
             for r, native in held

@@ -67,7 +67,7 @@ def update_metrics(metrics: NucleiMetrics, predictions: list[np.ndarray], batch:
     neighbour, as the prediction writer writes it."""
     targets = [t.cpu() for t in batch["instances"]]
     on_grid = [resize_nearest(p, tuple(t.shape)) for p, t in zip(predictions, targets, strict=True)]
-    metrics.update([torch.from_numpy(np.ascontiguousarray(p)) for p in on_grid], targets)
+    metrics.update([torch.from_numpy(p) for p in on_grid], targets)
 
 
 def log_gathered(module: L.LightningModule, values: dict[str, Any]) -> None:
