@@ -147,8 +147,20 @@ def _checkpoint_unless_fitted(cli: _LazyCli, fit: Record) -> str | None:
     return None if cli.fitted else fit["checkpoint"]
 
 
+def _split(datamodule: Any) -> dict[str, Any]:
+    """How many images a stage trained and validated on, and whether none did both."""
+    train, val = datamodule.train_records, datamodule.val_records
+    trained = {record.stem for record in train}
+    return {
+        "train_images": len(train),
+        "val_images": len(val),
+        "held_out": bool(val) and trained.isdisjoint(record.stem for record in val),
+    }
+
+
 def _fit(stage: _LazyCli, describe: Callable[[Any], dict[str, Any]], label: str) -> Record:
-    """Fits ``stage``'s model; its wall time, ``last.ckpt`` and ``describe(cli)``."""
+    """Fits ``stage``'s model; its wall time, ``last.ckpt``, ``describe(cli)`` and its
+    images (:func:`_split`)."""
     cli = stage()
     _, seconds = timed(cli.trainer.fit, cli.model, datamodule=cli.datamodule, label=label)
     stage.fitted = True
@@ -156,6 +168,7 @@ def _fit(stage: _LazyCli, describe: Callable[[Any], dict[str, Any]], label: str)
         "seconds": seconds,
         "checkpoint": Path(cli.trainer.checkpoint_callback.last_model_path).as_posix(),
         "figures": describe(cli),
+        "split": _split(cli.datamodule),
     }
 
 
@@ -252,7 +265,7 @@ def label_free_chain(
             ckpt_path=_checkpoint_unless_fitted(stage, records["stage fit"]),
             label="pseudo masks",
         )
-        return {"seconds": seconds, "train_images": len(cli.datamodule.train_records)}
+        return {"seconds": seconds}
 
     records["pseudo masks"] = ledger.run("pseudo masks", pseudo_masks, [pseudo_dir])
     head_extra = [f"--data.pseudo_mask_dir={pseudo_dir}"]
@@ -279,7 +292,9 @@ def chain_figures(
 
     ``chain_wall_seconds`` adds up the fits and the pseudo masks (not the validations, whose
     times are listed beside each stage's); ``steps_from_earlier_runs`` names the steps a
-    resumed run kept.
+    resumed run kept. ``train_images`` and ``val_images`` are the head's;
+    ``validation_is_held_out`` says whether no stage trained on an image the validations score
+    (e.g. every stage run with ``--data.init_args.val_fraction=0.2``).
     """
     steps = chain["steps"]
 
@@ -297,12 +312,16 @@ def chain_figures(
             "validation": steps["detector validation"]["metrics"],
         }
     timed_steps = ("stage fit", "pseudo masks", "detector fit", "head fit")
+    fits = [steps[k] for k in ("stage fit", "detector fit", "head fit") if k in steps]
+    # Held out only when no stage trained on an image that a validation scores.
+    held_out = all(fit["split"]["held_out"] for fit in fits)
     return {
         "benchmark": benchmark,
         "configs": configs,
-        "train_images": steps["pseudo masks"]["train_images"],
+        "train_images": steps["head fit"]["split"]["train_images"],
+        "val_images": steps["head fit"]["split"]["val_images"],
         "labels_used_for_training": False,
-        "validation_is_held_out": False,
+        "validation_is_held_out": held_out,
         stage_key: {
             **trained("stage"),
             "pseudo_mask_wall_seconds": steps["pseudo masks"]["seconds"],

@@ -67,14 +67,14 @@ TINY = [
 ]
 
 
-def _psm_chain(data_root: Path, run_dir: Path, resume: bool) -> dict:
+def _psm_chain(data_root: Path, run_dir: Path, resume: bool, *extra: str) -> dict:
     return label_free_chain(
         str(ROOT / "configs/psm/monuseg.yaml"),
         str(ROOT / "configs/psm/segment_monuseg.yaml"),
         run_dir,
         str(data_root),
         detector_config=str(ROOT / "configs/psm/detect_monuseg.yaml"),
-        overrides=TINY,
+        overrides=[*TINY, *extra],
         resume=resume,
         # the head's split in a worker process, as on a GPU machine
         head_overrides=["--model.init_args.postprocess_workers=1"],
@@ -113,7 +113,8 @@ def test_a_chain_resumed_after_its_stage_fit_ends_as_an_uninterrupted_one(
     figures = chain_figures("tiny", [], resumed, "psm")
     assert figures["steps_from_earlier_runs"] == ["stage fit"]
     assert figures["psm"]["steps"] == 2 and figures["segment"]["steps"] == 2
-    assert figures["train_images"] == 3
+    assert figures["train_images"] == figures["val_images"] == 3
+    assert figures["validation_is_held_out"] is False
     assert Path(figures["checkpoint"]).is_file()
 
     # The resumed steps read the stage's weights from its checkpoint, not a fresh init.
@@ -135,3 +136,19 @@ def test_a_chain_runs_on_images_without_labels(tmp_path: Path, make_monuseg_root
     figures = chain_figures("own", [], chain, "psm")
     assert figures["psm"]["pseudo_mask_validation"] is None
     assert figures["segment"]["validation"] is None and Path(figures["checkpoint"]).is_file()
+
+
+def test_a_chain_on_a_split_scores_the_held_out_images_only(
+    tmp_path: Path, make_monuseg_root: MakeRoot
+) -> None:
+    """Every stage trains on the same images; the validations score the others."""
+    data_root = make_monuseg_root(tmp_path / "monuseg", n_images=3, size=64)
+    split = "--data.init_args.val_fraction=0.34"
+    chain = _psm_chain(data_root, tmp_path / "run", False, split)
+    fits = [chain["steps"][f"{name} fit"]["split"] for name in ("stage", "detector", "head")]
+    assert fits == [{"train_images": 2, "val_images": 1, "held_out": True}] * 3
+    figures = chain_figures("split", [], chain, "psm")
+    assert (figures["train_images"], figures["val_images"]) == (2, 1)
+    assert figures["validation_is_held_out"] is True
+    # the pseudo masks cover every image, the held-out one included
+    assert {"img0.png", "img1.png", "img2.png"} <= set(_files(tmp_path / "run" / "pseudo_masks"))
