@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
@@ -42,6 +44,50 @@ class ProtosegCLI(LightningCLI):
                 "(default: <trainer.default_root_dir>/predictions).",
             )
         return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parses as LightningCLI does, keeping the command line's ``--model`` options."""
+        super().parse_arguments(parser, args)
+        argv = sys.argv[1:] if args is None else args
+        self._model_args = model_options(argv) if isinstance(argv, list) else []
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``, the checkpoint's model settings over the config files', and
+        the command line's ``--model`` options over both.
+
+        LightningCLI (2.6) merges the checkpoint's hyperparameters over the whole parsed
+        configuration, so ``protoseg validate --ckpt_path K --model.init_args.min_distance 3``
+        silently ran with the checkpoint's value (Lightning-AI/pytorch-lightning#20801,
+        #21455). The command line's options are parsed again over the merged configuration,
+        and the settings a checkpoint took over from a config file are named on stderr.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self.config[subcommand].get("ckpt_path"):
+            super()._parse_ckpt_path()
+            return
+        before = self.config[subcommand].model.clone()
+        super()._parse_ckpt_path()
+        if self._model_args:
+            self.config = self.parser.parse_args(
+                [subcommand, *self._model_args], namespace=self.config
+            )
+        after = self.config[subcommand].model
+        given = [
+            plain_key(token.split("=", 1)[0])
+            for token in self._model_args
+            if token.startswith("--model")
+        ]
+        replaced = [
+            key
+            for key in changed_keys(before, after)
+            if not any(covers(name, plain_key(f"--model.{key}")) for name in given)
+        ]
+        if replaced and rank_zero_only.rank == 0:
+            sys.stderr.write(
+                "protoseg: the checkpoint's model settings replace the config's for "
+                f"{', '.join(sorted({plain_key(key).split('.')[0] for key in replaced}))} "
+                "(set one with --model.NAME VALUE)\n"
+            )
 
     def before_instantiate_classes(self) -> None:
         """Falls back from bf16 to float32 on CPUs that would only emulate bf16."""
@@ -87,6 +133,34 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
         args=args,
         run=run,
     )
+
+
+def model_options(argv: list[str]) -> list[str]:
+    """The ``--model...`` options of a command line, each with its value, in their order."""
+    options: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--model" or token.startswith(("--model.", "--model=")):
+            options.append(token)
+            if "=" not in token:
+                options.append(next(tokens, ""))
+    return options
+
+
+def plain_key(option: str) -> str:
+    """An option's name without its ``init_args.`` parts (jsonargparse accepts both)."""
+    return option.replace("init_args.", "")
+
+
+def covers(option: str, key: str) -> bool:
+    """Whether setting ``option`` sets ``key`` (itself, or a key inside it)."""
+    return key == option or key.startswith(f"{option}.")
+
+
+def changed_keys(before: Namespace, after: Namespace) -> list[str]:
+    """Dotted keys whose value differs between two parsed model configurations."""
+    old, new = dict(before.items()), dict(after.items())
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
 #: Plain argparse tools dispatched before LightningCLI parses, and their modules.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protoseg.cli import main
+from protoseg.cli import build_cli, main, model_options
 from protoseg.io.errors import DataError
 from protoseg.lightning_modules.segmentation import SegmentationModule
 
@@ -105,6 +105,38 @@ def test_resume_from_last_checkpoint(tiny_monuseg_root: Path, tmp_path: Path) ->
         run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
     assert state["global_step"] == 4
+
+
+def test_model_options_keeps_each_model_option_with_its_value() -> None:
+    argv = ["validate", "--config", "c.yaml", "--model.init_args.min_area", "3"]
+    argv += ["--model.min_distance=4", "--data.root", "x", "--model", "m.yaml"]
+    assert model_options(argv) == [
+        "--model.init_args.min_area",
+        "3",
+        "--model.min_distance=4",
+        "--model",
+        "m.yaml",
+    ]
+
+
+def test_command_line_model_options_win_over_the_checkpoint(
+    tiny_monuseg_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(tiny_monuseg_root, run_dir)
+    main(["fit", *args, "--model.min_distance=4", "--trainer.max_steps=1"])
+    capsys.readouterr()
+    last = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    # Before the fix LightningCLI put the checkpoint's min_area (10) back over this option.
+    cli = build_cli(["validate", *args, last, "--model.init_args.min_area", "3"])
+    assert cli.model.hparams.min_area == 3
+    # The checkpoint's own setting stays over the config file's (5), and is named.
+    assert cli.model.hparams.min_distance == 4
+    notice = [line for line in capsys.readouterr().err.splitlines() if "checkpoint's" in line]
+    assert notice == [
+        "protoseg: the checkpoint's model settings replace the config's for min_distance "
+        "(set one with --model.NAME VALUE)"
+    ]
 
 
 def test_print_config_and_bad_config(tmp_path: Path) -> None:
