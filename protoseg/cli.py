@@ -75,7 +75,7 @@ class ProtosegCLI(LightningCLI):
         given = [
             plain_key(token.split("=", 1)[0])
             for token in self._model_args
-            if token.startswith("--model")
+            if is_model_option(token)
         ]
         replaced = [
             key
@@ -135,12 +135,17 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
     )
 
 
+def is_model_option(token: str) -> bool:
+    """Whether a command-line token is a ``--model`` option's name (``=VALUE`` or not)."""
+    return token == "--model" or token.startswith(("--model.", "--model="))
+
+
 def model_options(argv: list[str]) -> list[str]:
     """The ``--model...`` options of a command line, each with its value, in their order."""
     options: list[str] = []
     tokens = iter(argv)
     for token in tokens:
-        if token == "--model" or token.startswith(("--model.", "--model=")):
+        if is_model_option(token):
             options.append(token)
             if "=" not in token:
                 options.append(next(tokens, ""))
