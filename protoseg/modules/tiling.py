@@ -20,7 +20,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int,
     return x, pad_h, pad_w
 
 
-def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     """Start offsets that cover ``[0, size)`` with tiles of ``tile`` px, the last flush right."""
     if size <= tile:
         return [0]
@@ -78,8 +78,8 @@ def predict_tiled(
         return forward(padded).float()[..., :height, :width]
 
     stride = tile_size - overlap
-    rows = _tile_starts(padded_h, tile_size, stride)
-    cols = _tile_starts(padded_w, tile_size, stride)
+    rows = tile_starts(padded_h, tile_size, stride)
+    cols = tile_starts(padded_w, tile_size, stride)
     tile_h, tile_w = min(tile_size, padded_h), min(tile_size, padded_w)
     window = _blend_window(tile_size, overlap, images.device)[:tile_h, :tile_w]
     output: torch.Tensor | None = None
