@@ -6,6 +6,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,11 @@ class ProtosegCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parses as LightningCLI does, keeping the command line's ``--model`` options."""
-        super().parse_arguments(parser, args)
+        with warnings.catch_warnings():
+            # `protoseg` and `protoseg chain` hand each subcommand its arguments: LightningCLI
+            # warns whenever both `args` and sys.argv are given.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
         argv = sys.argv[1:] if args is None else args
         self._model_args = model_options(argv) if isinstance(argv, list) else []
 
@@ -120,6 +125,9 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
     With ``run=False`` there is no subcommand: the arguments are the ``fit`` ones and the
     caller drives ``cli.trainer`` itself (benchmarks do).
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and any(token in HELP_TOKENS for token in argv):
+        import_stages()
     return ProtosegCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -130,9 +138,63 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
         save_config_kwargs={"overwrite": True},
         # Callbacks given here are added to those of the config (Lightning's LightningCLI).
         trainer_defaults={"default_root_dir": "runs", "callbacks": [PreemptionCheckpoint()]},
+        parser_kwargs=SUBCOMMAND_HELP,
         args=args,
         run=run,
     )
+
+
+#: Options that print help: the stages are imported first, so that the help of ``--model``
+#: and ``--data`` lists protoseg's modules and datamodules among the classes they accept.
+HELP_TOKENS = ("-h", "--help", "--model.help", "--data.help")
+
+DATA_ROOT_HELP = (
+    "--data.root DIR is the data: a folder with DIR/images/ (PNG, TIFF or JPEG; "
+    "DIR/labels/ instance PNGs or DIR/annotations_xml/ Aperio XML only score, and train "
+    "only a supervised head), or for the SSL configs a folder of tiles. "
+)
+
+#: Usage line and description of each LightningCLI subcommand (``protoseg fit --help``);
+#: LightningCLI's own usage lists all ~90 options before the description.
+SUBCOMMAND_HELP: dict[str, dict[str, str]] = {
+    "fit": {
+        "usage": "protoseg fit --config CONFIG [--data.root DIR] [--ckpt_path last] [OPTIONS]",
+        "description": "Train a stage. "
+        + DATA_ROOT_HELP
+        + "CONFIG is a stage config, configs/<stage>/<data>.yaml; every option below "
+        "overrides it (e.g. --trainer.max_steps 100, --trainer.accelerator gpu). "
+        "--ckpt_path last resumes a run cut short.",
+    },
+    "validate": {
+        "usage": "protoseg validate --config CONFIG --ckpt_path CKPT [--data.root DIR] [OPTIONS]",
+        "description": "Score a checkpoint on the validation images of a data root. "
+        + DATA_ROOT_HELP,
+    },
+    "test": {
+        "usage": "protoseg test --config CONFIG --ckpt_path CKPT [--data.root DIR] [OPTIONS]",
+        "description": "Score a checkpoint on the test images of a data root. " + DATA_ROOT_HELP,
+    },
+    "predict": {
+        "usage": "protoseg predict --config CONFIG --ckpt_path CKPT [--data.root DIR] "
+        "[--output_dir DIR] [OPTIONS]",
+        "description": "Write <stem>.png instance maps, overlays and GeoJSON for every image "
+        "of a data root (or, with --data configs/wsi/predict.yaml, for whole slides). "
+        + DATA_ROOT_HELP,
+    },
+}
+
+
+def import_stages() -> None:
+    """Imports every module of :mod:`protoseg.datamodules` and
+    :mod:`protoseg.lightning_modules`, so that jsonargparse knows them as subclasses."""
+    import pkgutil
+
+    import protoseg.datamodules
+    import protoseg.lightning_modules
+
+    for package in (protoseg.datamodules, protoseg.lightning_modules):
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def is_model_option(token: str) -> bool:
@@ -168,29 +230,17 @@ def changed_keys(before: Namespace, after: Namespace) -> list[str]:
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
-#: Plain argparse tools dispatched before LightningCLI parses, and their modules.
-TOOLS = {"slurm": "protoseg.slurm", "report": "protoseg.report", "score": "protoseg.scoring"}
-
-
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``protoseg`` console script.
+    """Runs a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``).
 
-    ``protoseg slurm ...``, ``protoseg report ...`` and ``protoseg score ...`` are plain
-    argparse tools, dispatched before LightningCLI parses; everything else is a LightningCLI
-    subcommand. A fit stopped by SIGTERM/SIGUSR1 (its ``last.ckpt`` saved) exits with status
-    128 + signal number. Bad input (:class:`~protoseg.io.errors.DataError`, a missing file)
-    exits with status 2 and one line naming the file; ``PROTOSEG_TRACEBACK=1`` shows the
-    traceback instead. Under DDP each rank of a run that ended normally destroys its process group
-    before it exits (:func:`~protoseg.distributed.destroy_process_group`).
+    The ``protoseg`` console script is :func:`protoseg.commands.main`, which sends those
+    here and the other commands to their own modules. A fit stopped by SIGTERM/SIGUSR1 (its
+    ``last.ckpt`` saved) exits with status 128 + signal number. Bad input
+    (:class:`~protoseg.io.errors.DataError`, a missing file) exits with status 2 and one line
+    naming the file; ``PROTOSEG_TRACEBACK=1`` shows the traceback instead. Under DDP each rank
+    of a run that ended normally destroys its process group before it exits
+    (:func:`~protoseg.distributed.destroy_process_group`).
     """
-    argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and argv and argv[0] in TOOLS:
-        # Only the tool asked for is imported: `protoseg score` loads the MoNuSeg datamodule
-        # (albumentations, OpenCV), which `protoseg slurm` and `protoseg report` do not need.
-        status = importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-        if status:
-            raise SystemExit(status)
-        return
     try:
         build_cli(args)
         # Only after a run that ended normally: on an error the other ranks may still wait

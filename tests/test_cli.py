@@ -170,13 +170,20 @@ def test_print_config_and_bad_config(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
 def test_subcommands_have_help(command: str) -> None:
+    """Each leads with its usage line and the data root, and --data lists our datamodules."""
     done = subprocess.run(
-        [sys.executable, "-m", "protoseg.cli", command, "--help"],
+        [sys.executable, "-m", "protoseg", command, "--help"],
         capture_output=True,
         text=True,
         check=True,
     )
     assert ("--output_dir" in done.stdout) == (command == "predict")
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"usage: protoseg {command} --config CONFIG")
+    assert "--data.root DIR is the data" in " ".join(lines[:6])
+    known = " ".join(done.stdout.split("--data CONFIG")[-1].split())
+    assert "MoNuSegDataModule" in known.replace(" ", "")
+    assert "LightningCLI's args parameter" not in done.stderr
 
 
 def test_bad_input_is_one_line_naming_the_file(

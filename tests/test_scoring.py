@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from protoseg import scoring
-from protoseg.cli import main
+from protoseg.commands import main
 from protoseg.datamodules.monuseg import ImageStore, find_records
 from protoseg.io.errors import DataError
 from protoseg.metrics.functional import nuclei_scores

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protoseg.cli import main
+from protoseg.commands import main
 from protoseg.slurm import sbatch_script
 
 ROOT = Path(__file__).resolve().parents[1]

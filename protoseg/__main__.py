@@ -1,0 +1,5 @@
+"""``python -m protoseg``: the ``protoseg`` command."""
+
+from protoseg.commands import main
+
+main()
