@@ -19,6 +19,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
 from protoseg.callbacks.slide_writer import SlidePredictionWriter
+from protoseg.commands import COMMANDS
+from protoseg.commands import main as commands_main
 from protoseg.datamodules.slide_predict import WSIPredictDataModule
 from protoseg.distributed import destroy_process_group
 from protoseg.io.errors import DataError
@@ -241,6 +243,11 @@ def main(args: ArgsType = None) -> None:
     of a run that ended normally destroys its process group before it exits
     (:func:`~protoseg.distributed.destroy_process_group`).
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv and argv[0] in COMMANDS and not COMMANDS[argv[0]].lightning:
+        # A console script installed before protoseg.commands:main was the entry point.
+        commands_main(argv)
+        return
     try:
         build_cli(args)
         # Only after a run that ended normally: on an error the other ranks may still wait
