@@ -16,6 +16,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from protoseg.callbacks.class_map_writer import ClassMapWriter
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
 from protoseg.callbacks.slide_writer import SlidePredictionWriter
@@ -23,6 +24,7 @@ from protoseg.commands import COMMANDS
 from protoseg.commands import main as commands_main
 from protoseg.datamodules.slide_predict import WSIPredictDataModule
 from protoseg.distributed import destroy_process_group
+from protoseg.io.class_maps import TissueClasses
 from protoseg.io.errors import DataError
 from protoseg.precision import resolve_precision
 
@@ -43,8 +45,8 @@ class ProtosegCLI(LightningCLI):
                 "--output_dir",
                 type=str | None,
                 default=None,
-                help="Folder for <stem>.png instance maps, overlays and GeoJSON "
-                "(default: <trainer.default_root_dir>/predictions).",
+                help="Folder for <stem>.png instance maps (tissue: class maps), overlays and "
+                "GeoJSON (default: <trainer.default_root_dir>/predictions).",
             )
         return parser
 
@@ -104,12 +106,16 @@ class ProtosegCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """Attaches the prediction writer, so that predictions land on disk, not in memory:
-        one GeoJSON and preview per slide for a slide datamodule, else files per image."""
+        one GeoJSON and preview per slide for a slide datamodule, class maps in the dataset's
+        codes for a tissue datamodule (one with ``classes``), else files per image."""
         output_dir = self.config.predict.get("output_dir")
         if output_dir is None:
             output_dir = Path(self.trainer.default_root_dir) / "predictions"
+        classes = getattr(self.datamodule, "classes", None)
         if isinstance(self.datamodule, WSIPredictDataModule):
             writer: L.Callback = SlidePredictionWriter(output_dir)
+        elif isinstance(classes, TissueClasses):  # a tissue dataset: class maps in its codes
+            writer = ClassMapWriter(output_dir, classes)
         else:
             writer = InstancePredictionWriter(output_dir)
         self.trainer.callbacks.append(writer)

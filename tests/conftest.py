@@ -177,3 +177,96 @@ def cpu_trainer(devices: int, **kwargs: Any) -> L.Trainer:
         enable_model_summary=False,
         **kwargs,
     )
+
+
+# --- Tiny weakly supervised tissue roots in the official layouts (WSSS datamodule tests) ----
+
+#: Per-class mean RGB of the synthetic tissue pictures (tumour purple, stroma pink, ...).
+TISSUE_COLOURS = ((110, 60, 150), (225, 140, 185), (245, 205, 220), (150, 40, 90))
+WSSS_LAYOUTS = {
+    # LUAD-HistoSeg / WSSS4LUAD: 3 classes (+ background 3), "-[1, 0, 1]" names, val/ with
+    # background-mask/; BCSS-WSSS: 4 classes (+ background 4), "+0[1101]" names, no bg masks.
+    "luad": {"classes": 3, "train": "training", "val": "val", "background_masks": True},
+    "bcss": {"classes": 4, "train": "train", "val": "val", "background_masks": False},
+}
+
+
+def tissue_picture(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 picture of a code map: each class its colour, background white."""
+    table = np.full((256, 3), 250.0)
+    table[: len(TISSUE_COLOURS)] = TISSUE_COLOURS
+    image = table[codes] + rng.normal(0, 5, (*codes.shape, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def tissue_codes(
+    size: int, present: list[int], background: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(size, size) uint8 codes: vertical bands of the ``present`` classes, a background
+    corner."""
+    codes = np.empty((size, size), np.uint8)
+    bands = np.array_split(np.arange(size), len(present))
+    for code, columns in zip(rng.permutation(present), bands, strict=True):
+        codes[:, columns] = code
+    codes[: size // 4, : size // 4] = background
+    return codes
+
+
+def write_palette_png(path: Path, codes: np.ndarray, colours: list[tuple[int, int, int]]) -> None:
+    """A P-mode PNG of codes, as the WSSS masks are."""
+    image = Image.fromarray(codes)
+    image.putpalette([v for colour in colours for v in colour])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+@pytest.fixture
+def make_wsss_root() -> Callable[..., Path]:
+    """Factory writing a WSSS root in an official layout: ``make(root, layout="luad",
+    n_train=4, n_val=3, n_test=2, size=48, seed=0)``. ``layout`` is ``"luad"``
+    (LUAD-HistoSeg / WSSS4LUAD) or ``"bcss"`` (BCSS-WSSS); see :data:`WSSS_LAYOUTS`. Training
+    images carry their image-level labels in the name; val/test have ``img/`` and ``mask/``
+    (and ``background-mask/`` for luad). Returns ``root``."""
+
+    def make(
+        root: Path,
+        layout: str = "luad",
+        n_train: int = 4,
+        n_val: int = 3,
+        n_test: int = 2,
+        size: int = 48,
+        seed: int = 0,
+    ) -> Path:
+        spec = WSSS_LAYOUTS[layout]
+        classes = int(spec["classes"])
+        background = classes
+        colours = [*TISSUE_COLOURS[:classes], (255, 255, 255)]
+        rng = np.random.default_rng(seed)
+        (root / str(spec["train"])).mkdir(parents=True, exist_ok=True)
+        for index in range(n_train):
+            present = sorted(rng.choice(classes, size=1 + index % 2, replace=False).tolist())
+            codes = tissue_codes(size, present, background, rng)
+            label = [int(c in present) for c in range(classes)]
+            if layout == "luad":
+                name = f"{100 + index}-{7 * index}-{9 * index}-[{', '.join(map(str, label))}].png"
+            else:
+                bits = "".join(map(str, label))
+                name = f"TCGA-A1-A0SK-DX1_xmin{index}_ymin5_MPP-0.2500+{index}[{bits}].png"
+            Image.fromarray(tissue_picture(codes, rng)).save(root / str(spec["train"]) / name)
+        for split, count in ((str(spec["val"]), n_val), ("test", n_test)):
+            for index in range(count):
+                present = sorted(rng.choice(classes, size=2, replace=False).tolist())
+                codes = tissue_codes(size, present, background, rng)
+                stem = f"{index:02d}"
+                (root / split / "img").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(tissue_picture(codes, rng)).save(
+                    root / split / "img" / f"{stem}.png"
+                )
+                write_palette_png(root / split / "mask" / f"{stem}.png", codes, colours)
+                if spec["background_masks"]:
+                    flags = (codes == background).astype(np.uint8)
+                    path = root / split / "background-mask" / f"{stem}.png"
+                    write_palette_png(path, flags, [(0, 0, 0), (255, 255, 255)])
+        return root
+
+    return make

@@ -47,6 +47,20 @@ def test_trainer_presets_only_set_trainer_keys(preset: Path) -> None:
     assert set(yaml.safe_load(preset.read_text())) == {"trainer"}
 
 
+def uniform_pseudo_masks(root: Path, tmp_path: Path) -> Path:
+    """Class-code pseudo masks of a WSSS root's training images: stroma (1), the top rows
+    unsure (255)."""
+    folder = tmp_path / "tissue_pseudo"
+    folder.mkdir()
+    train = next(p for p in (root / "training", root / "train") if p.is_dir())
+    for image in train.glob("*.png"):
+        width, height = Image.open(image).size
+        codes = np.ones((height, width), np.uint8)
+        codes[: height // 4] = 255
+        Image.fromarray(codes).save(folder / image.name)
+    return folder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_config_runs_end_to_end(
@@ -57,10 +71,15 @@ def test_config_runs_end_to_end(
     data_root = Path(data_args["root"])
     if not data_root.is_dir():
         pytest.skip(f"{config.name}: data root {data_root} is absent")
-    # A chained config reads an earlier stage's pseudo masks; true instance maps stand in.
+    data_class = yaml.safe_load(config.read_text())["data"]["class_path"]
+    tissue = data_class.endswith("WSSSDataModule")
+    # A chained config reads an earlier stage's pseudo masks; true instance maps stand in (for
+    # tissue, masks of one class with an unsure band).
     pseudo = (
         [f"--data.pseudo_mask_dir={data_root / 'labels'}"] if "pseudo_mask_dir" in data_args else []
     )
+    if tissue and pseudo:
+        pseudo = [f"--data.pseudo_mask_dir={uniform_pseudo_masks(data_root, tmp_path)}"]
     run_dir = tmp_path / "run"
     # A head that reads a centre detector (configs/psm/segment_monuseg.yaml) gets the weights
     # of a freshly built detector network of the config's own architecture.
@@ -71,7 +90,7 @@ def test_config_runs_end_to_end(
         pseudo.append(f"--model.init_args.centre_weights={weights}")
     # SSL configs read a tile folder: no labels, no validation split, nothing to predict; their
     # fit ends by exporting the encoder the other stages load.
-    ssl = yaml.safe_load(config.read_text())["data"]["class_path"].endswith("TileFolderDataModule")
+    ssl = data_class.endswith("TileFolderDataModule")
     tiny = [
         f"--config={config}",
         f"--config={ROOT / 'configs/trainer/cpu.yaml'}",
@@ -79,7 +98,7 @@ def test_config_runs_end_to_end(
         "--data.crops_per_epoch=4",
         "--data.batch_size=2",
         "--data.num_workers=0",
-        *([] if ssl else ["--data.val_fraction=0.1"]),
+        *([] if ssl or tissue else ["--data.val_fraction=0.1"]),
         f"--trainer.default_root_dir={run_dir}",
         f"--trainer.logger.init_args.save_dir={run_dir}",
         # Every stage config lists its ModelCheckpoint last (save_last: true).
@@ -114,4 +133,6 @@ def test_config_runs_end_to_end(
     assert len(written) == 2 * data_args.get("predict_batch_size", 1)
     for overlay in written:
         stem = overlay.name.removesuffix("_overlay.png")
-        assert np.array(Image.open(out / f"{stem}.png")).dtype == np.uint16
+        written = Image.open(out / f"{stem}.png")
+        # Instance maps are 16-bit grey; tissue class maps palette PNGs of 8-bit codes.
+        assert written.mode == ("P" if tissue else "I;16")

@@ -40,12 +40,17 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     scale_jitter: float = 0.1,
+    mask_fill: int = 0,
+    resize: bool = False,
 ) -> A.Compose:
     """Random square crop with mild rescaling, flips, 90-degree turns and colour jitter.
 
     Rescaling crops a square of side ``crop_size * s``, s uniform in
     ``[1 - scale_jitter, 1 + scale_jitter]``, and resizes it to ``crop_size`` (instance ids
-    with nearest neighbour). Images smaller than the crop are padded with white, ids with 0.
+    with nearest neighbour). Images smaller than the crop are padded with white, masks with
+    ``mask_fill`` (0, background, for instance ids; a loss's ignore index for class maps).
+    With ``resize`` the whole image is resized to ``crop_size`` square instead of cropped
+    (a classifier's view: an image-level label holds for the whole image only).
 
     Call it as ``transform(image=image, mask=instances)``: image (H, W, 3) uint8 and
     instances (H, W) integer ids in, image (crop, crop, 3) float32 normalised with
@@ -57,21 +62,29 @@ def train_transform(
     largest = math.ceil(crop_size * (1.0 + scale_jitter))
     smallest = max(1, math.floor(crop_size * (1.0 - scale_jitter)))
     pad = A.PadIfNeeded(
-        largest, largest, border_mode=cv2.BORDER_CONSTANT, fill=PAD_FILL, fill_mask=0
+        largest, largest, border_mode=cv2.BORDER_CONSTANT, fill=PAD_FILL, fill_mask=mask_fill
     )
+    crop: A.BasicTransform = A.RandomCrop(crop_size, crop_size)
     if scale_jitter > 0:
-        crop: A.BasicTransform = A.RandomSizedCrop(
+        crop = A.RandomSizedCrop(
             min_max_height=(smallest, largest),
             size=(crop_size, crop_size),
             interpolation=cv2.INTER_LINEAR,
             mask_interpolation=cv2.INTER_NEAREST,
         )
-    else:
-        crop = A.RandomCrop(crop_size, crop_size)
+    geometry: list[A.BasicTransform] = [pad, crop]
+    if resize:
+        geometry = [
+            A.Resize(
+                crop_size,
+                crop_size,
+                interpolation=cv2.INTER_AREA,
+                mask_interpolation=cv2.INTER_NEAREST,
+            )
+        ]
     return A.Compose(
         [
-            pad,
-            crop,
+            *geometry,
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomRotate90(p=1.0),

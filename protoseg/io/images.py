@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -116,6 +116,23 @@ def read_instance_png(path: str | Path) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def read_code_png(path: str | Path) -> np.ndarray:
+    """An 8-bit palette or grey image as its raw values (H, W) uint8: a class-code map,
+    whose palette (if any) only colours it for viewers.
+
+    Raises:
+        DataError: unreadable file, or a colour (RGB) or 16-bit image.
+    """
+    path = Path(path)
+    image = _open_decoded(path)
+    if image.mode not in ("P", "L", "1"):
+        raise DataError(
+            f"{path}: class map has mode {image.mode!r}; expected an 8-bit palette or grey "
+            "PNG of class codes"
+        )
+    return np.array(image, dtype=np.uint8)
+
+
 def _write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Writes through a hidden temporary file in the same folder, then renames it.
 
@@ -138,12 +155,16 @@ def _write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
+def write_png_atomic(
+    path: str | Path, array: np.ndarray, palette: Sequence[int] | None = None
+) -> None:
     """Writes a PNG atomically, creating parent folders.
 
     Args:
         path: destination file.
         array: (H, W) uint8 or uint16 grey (e.g. an instance map), or (H, W, 3) uint8 RGB.
+        palette: for (H, W) uint8 arrays, a flat PIL palette (up to 768 RGB values): the
+            file is then a palette (P-mode) PNG whose indices are the array's values.
 
     Raises:
         ValueError: unsupported dtype or shape (cast instance maps with ``.astype(np.uint16)``).
@@ -157,6 +178,11 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
             "(H, W) uint8/uint16 or (H, W, 3) uint8"
         )
     image = Image.fromarray(np.ascontiguousarray(array))
+    if palette is not None:
+        if array.dtype != np.uint8 or array.ndim != 2:
+            raise ValueError(f"{path}: a palette PNG needs an (H, W) uint8 array")
+        # An "L" image with a palette becomes "P" with its values as the indices.
+        image.putpalette(list(palette))
     _write_atomic(path, lambda handle: image.save(handle, format="PNG"))
 
 

@@ -45,10 +45,20 @@ def ce_dice_loss(
     target: torch.Tensor,
     class_weights: torch.Tensor | None = None,
     dice_weight: float = 1.0,
+    ignore_index: int | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy plus ``dice_weight`` times soft Dice; logits (B, K, H, W), target (B, H, W)."""
-    ce = F.cross_entropy(logits.float(), target, weight=class_weights)
-    return ce + dice_weight * soft_dice_loss(logits, target)
+    """Cross-entropy plus ``dice_weight`` times soft Dice; logits (B, K, H, W), target (B, H, W).
+
+    Pixels whose target is ``ignore_index`` (e.g. unsure pixels of a pseudo mask) count in
+    neither term; a batch with no other pixel gives a zero loss (with a gradient graph).
+    """
+    if ignore_index is None:
+        ce = F.cross_entropy(logits.float(), target, weight=class_weights)
+        return ce + dice_weight * soft_dice_loss(logits, target)
+    if not (target != ignore_index).any():
+        return logits.float().sum() * 0.0
+    ce = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index)
+    return ce + dice_weight * soft_dice_loss(logits, target, ignore_index=ignore_index)
 
 
 class CEDiceLoss(nn.Module):
@@ -58,14 +68,22 @@ class CEDiceLoss(nn.Module):
         class_weights: per-class cross-entropy weights, e.g. ``[1, 1, 2]`` to stress the thin
             boundary class that separates touching nuclei.
         dice_weight: weight of the soft Dice term.
+        ignore_index: target id of pixels that count for no class (a tissue pseudo mask's
+            unsure pixels: 255).
     """
 
-    def __init__(self, class_weights: list[float] | None = None, dice_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        class_weights: list[float] | None = None,
+        dice_weight: float = 1.0,
+        ignore_index: int | None = None,
+    ) -> None:
         super().__init__()
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.dice_weight = dice_weight
+        self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of logits (B, K, H, W) against class ids (B, H, W)."""
-        return ce_dice_loss(logits, target, self.class_weights, self.dice_weight)
+        return ce_dice_loss(logits, target, self.class_weights, self.dice_weight, self.ignore_index)

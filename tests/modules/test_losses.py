@@ -102,3 +102,23 @@ def test_loss_backpropagates() -> None:
     target = torch.randint(0, 3, (2, 8, 8))
     CEDiceLoss([1.0, 1.0, 2.0])(logits, target).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_ce_dice_ignore_index_drops_unsure_pixels() -> None:
+    """Unsure pixels (255) of a pseudo mask count in neither term: the loss equals the
+    reference on the other pixels alone; an all-unsure batch gives 0 with a gradient."""
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    target = rng.integers(0, 3, size=(1, 4, 4))
+    masked = target.copy()
+    masked[0, :, :2] = 255
+    weights = np.asarray([1.0, 2.0, 1.0])
+    expected = reference_cross_entropy(
+        logits[..., 2:], target[..., 2:], weights
+    ) + reference_dice_loss(logits[..., 2:], target[..., 2:])
+    module = CEDiceLoss(class_weights=weights.tolist(), ignore_index=255)
+    ours = module(torch.from_numpy(logits), torch.from_numpy(masked))
+    assert ours.item() == pytest.approx(expected, rel=1e-5)
+    unsure = torch.full((1, 4, 4), 255)
+    empty = module(torch.from_numpy(logits).requires_grad_(), unsure)
+    assert empty.item() == 0.0 and empty.requires_grad
