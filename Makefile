@@ -100,7 +100,7 @@ bench-monuseg-psm-holdout: ## Same chain on the seeded 24/6 split of bench-monus
 bench-postprocess: ## The PSM head's post-processing of 8 training images x 3, in this process and in 1 / 2 worker processes (after bench-monuseg-psm; ~6 min, 2 CPU cores)
 	$(BIN)/python benchmarks/postprocess_pool.py --inputs $(BENCH_PSM)/split_inputs \
 		--checkpoint $(BENCH_PSM)/segment/checkpoints/last.ckpt \
-		--pseudo-mask-dir $(BENCH_PSM)/pseudo_masks --data-root $(DATA)/monuseg/train \
+		--data-root $(DATA)/monuseg/train \
 		--repeats 3 --workers 1 2 --output $(RESULTS)/postprocess_pool.json
 
 bench-resolution: ## The PSM head on the 30 training images halved (20x): as they are and resampled by image_mpp (after bench-monuseg-psm; ~8 min, 2 CPU cores)

@@ -215,7 +215,7 @@ def label_free_chain(
     The stage trains into ``run_dir/stage`` and writes its pseudo masks (predict with an
     :class:`~protoseg.callbacks.prediction_writer.InstancePredictionWriter`) into
     ``run_dir/pseudo_masks``; with ``detector_config`` a centre detector trains on them into
-    ``run_dir/detector`` and the head reads its ``last.ckpt`` (``centre_weights``); the head
+    ``run_dir/detector`` and the head reads its ``last.ckpt`` (``postprocess.detector``); the head
     trains on the pseudo masks into ``run_dir/segment``. ``accelerator`` replaces every
     stage's ``trainer.accelerator`` (None keeps the configs'), ``overrides`` are CLI
     arguments added to every stage (``head_overrides`` to the head alone), and
@@ -273,7 +273,7 @@ def label_free_chain(
         detector = stage_cli(detector_config, "detector", *head_extra, *overrides)
         fit_and_validate("detector", detector, trained_figures)
         weights = records["detector fit"]["checkpoint"]
-        head_extra.append(f"--model.init_args.centre_weights={weights}")
+        head_extra.append(f"--model.init_args.postprocess.init_args.detector={weights}")
     if segment_steps is not None:
         head_extra.append(f"--trainer.max_steps={segment_steps}")
     fit_and_validate(

@@ -3,21 +3,19 @@
 Splits and scores the saved split inputs of a trained head ``--repeats`` times in this
 process, then in pools of each ``--workers`` count (worker start included), checks that every
 instance map and score is the same, and writes the wall times. With ``--checkpoint`` the
-inputs of the config's first ``--images`` validation images are first saved into
+inputs of the head's first ``--images`` validation images are first saved into
 ``--inputs`` (``*.npz``: uint8 ``probs`` (3, H, W) and ``maps`` (C, H, W) with each channel's
-``*_low`` / ``*_high`` range, and the true ``target`` instance map; the head's split
-settings in ``split.json``), so that they can be
+``*_low`` / ``*_high`` range, and the true ``target`` instance map; the head's
+``postprocess`` config in ``split.json``), so that they can be
 carried to another machine (a GPU machine's 16 cores) without the network.
 
     python benchmarks/postprocess_pool.py --inputs runs/split_inputs --workers 1 2 \
-        --checkpoint runs/bench_psm/segment/checkpoints/last.ckpt \
-        --pseudo-mask-dir runs/bench_psm/pseudo_masks
+        --checkpoint runs/bench_psm/segment/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import sys
@@ -32,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
 from protoseg.io.images import write_bytes_atomic, write_text_atomic  # noqa: E402
-from protoseg.modules.instance_split import InstanceSplit, split_and_score  # noqa: E402
 from protoseg.modules.postprocess_pool import PostprocessPool  # noqa: E402
+from protoseg.postprocess import InstanceSplit, split_and_score  # noqa: E402
+from protoseg.postprocess.centre_guided import build_network  # noqa: E402
 
 SPLIT_FILE = "split.json"
 """The head's post-processing settings, saved beside its inputs so that the timed split is its."""
@@ -52,33 +51,24 @@ def dequantize(codes: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarr
 
 
 def save_inputs(args: argparse.Namespace, folder: Path) -> None:
-    """The split inputs of the config's first ``args.images`` validation images, from the
-    head of ``args.checkpoint``, into ``folder``."""
+    """The split inputs of the first ``args.images`` validation images of the head's own
+    datamodule (its root replaced by ``args.data_root``), from the head of
+    ``args.checkpoint``, into ``folder``."""
     import torch
 
-    from protoseg.cli import build_cli
+    from protoseg.datamodules.monuseg import MoNuSegDataModule
+    from protoseg.lightning_modules.segmentation import SegmentationModule
 
-    cli = build_cli(
-        [
-            f"--config={args.config}",
-            f"--data.root={args.data_root}",
-            f"--data.pseudo_mask_dir={args.pseudo_mask_dir}",
-            "--model.init_args.centre_weights=null",  # the checkpoint holds the detector
-            "--trainer.logger=false",
-        ],
-        run=False,
-    )
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    cli.model.load_state_dict(state)
-    cli.model.eval()
-    cli.datamodule.setup("validate")
+    model = SegmentationModule.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    data = MoNuSegDataModule.load_from_checkpoint(args.checkpoint, root=args.data_root)
+    data.setup("validate")
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / SPLIT_FILE, json.dumps(dataclasses.asdict(cli.model.splitter)))
-    for index, batch in enumerate(cli.datamodule.val_dataloader()):
+    write_text_atomic(folder / SPLIT_FILE, json.dumps(model.hparams["postprocess"]))
+    for index, batch in enumerate(data.val_dataloader()):
         if index == args.images:
             break
         with torch.no_grad():
-            ((probs, maps),) = cli.model.split_inputs(batch["image"])
+            ((probs, maps),) = model.split_inputs(batch["image"])
         arrays = {"target": batch["instances"][0].numpy().astype(np.int32)}
         for name, values in (("probs", probs), ("maps", maps)):
             arrays[name], arrays[f"{name}_low"], arrays[f"{name}_high"] = quantize(values)
@@ -89,12 +79,11 @@ def save_inputs(args: argparse.Namespace, folder: Path) -> None:
 
 
 def load_split(folder: Path) -> InstanceSplit:
-    """The :class:`InstanceSplit` saved with the inputs in ``folder``."""
+    """The head's post-processing saved with the inputs in ``folder`` (its ``class_path``
+    config), without its networks: the saved inputs hold what they saw."""
     path = folder / SPLIT_FILE
     try:
-        settings = json.loads(path.read_text())
-        settings["foreground_thresholds"] = tuple(settings["foreground_thresholds"])
-        return InstanceSplit(**settings)
+        return build_network(json.loads(path.read_text())).detached()
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise ValueError(f"{path}: not the split settings of saved inputs: {error}") from error
 
@@ -135,9 +124,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--output", default="benchmarks/results/postprocess_pool.json")
     parser.add_argument("--checkpoint", help="save the inputs from this head first")
-    parser.add_argument("--config", default="configs/psm/segment_monuseg.yaml")
     parser.add_argument("--data-root", default="../shared/data/monuseg/train")
-    parser.add_argument("--pseudo-mask-dir", default="runs/bench_psm/pseudo_masks")
     parser.add_argument("--images", type=int, default=8)
     args = parser.parse_args()
     if args.checkpoint is not None:
@@ -165,7 +152,7 @@ def main() -> None:
             "benchmark": "postprocess_pool",
             "images": len(jobs),
             "distinct_images": len(jobs) // args.repeats,
-            "split": repr(split),
+            "split": json.loads((Path(args.inputs) / SPLIT_FILE).read_text()),
             "in_process_seconds": serial,
             "pools": pools,
         },

@@ -52,7 +52,6 @@ def predicted(args: argparse.Namespace, root: Path, output: Path, *extra: str) -
         "predict",
         f"--config={args.config}",
         f"--ckpt_path={args.checkpoint}",
-        "--model.init_args.centre_weights=null",  # the checkpoint holds the detector
         f"--data.root={root}",
         "--data.label_source=none",
         f"--trainer.accelerator={args.accelerator}",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -26,6 +27,7 @@ from protoseg.datamodules.slide_predict import WSIPredictDataModule
 from protoseg.distributed import destroy_process_group
 from protoseg.io.class_maps import TissueClasses
 from protoseg.io.errors import DataError
+from protoseg.lightning_modules.legacy import upgrade_segmentation_hparams
 from protoseg.precision import resolve_precision
 
 
@@ -72,10 +74,9 @@ class ProtosegCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
-            super()._parse_ckpt_path()
             return
         before = self.config[subcommand].model.clone()
-        super()._parse_ckpt_path()
+        self._merge_checkpoint_hparams(subcommand, self.config[subcommand].ckpt_path)
         if self._model_args:
             self.config = self.parser.parse_args(
                 [subcommand, *self._model_args], namespace=self.config
@@ -97,6 +98,31 @@ class ProtosegCLI(LightningCLI):
                 f"{', '.join(sorted({plain_key(key).split('.')[0] for key in replaced}))} "
                 "(set one with --model.NAME VALUE)\n"
             )
+
+    def _merge_checkpoint_hparams(self, subcommand: str, ckpt_path: str) -> None:
+        """LightningCLI's merge of a checkpoint's hyperparameters over the configuration,
+        reading a segmentation head saved before its post-processing was a part as the
+        strategy it amounts to (:mod:`~protoseg.lightning_modules.legacy`)."""
+        if not Path(ckpt_path).is_file():
+            return
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = ckpt.get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        upgraded = upgrade_segmentation_hparams(hparams)
+        if upgraded is not None and rank_zero_only.rank == 0:
+            sys.stderr.write(
+                f"protoseg: {ckpt_path}: saved before post-processing was a part; its "
+                f"post-processing flags read as postprocess: {upgraded}\n"
+            )
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         """Falls back from bf16 to float32 on CPUs that would only emulate bf16."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from benchmarks.postprocess_pool import (
     load_split,
     quantize,
 )
-from protoseg.modules.instance_split import InstanceSplit
+from protoseg.postprocess import DistanceSplit
 
 
 def test_quantized_inputs_come_back_within_half_a_step(tmp_path: Path) -> None:
@@ -47,9 +46,14 @@ def test_an_empty_folder_is_named(tmp_path: Path) -> None:
 
 
 def test_the_split_settings_come_back_and_bad_files_are_named(tmp_path: Path) -> None:
-    split = InstanceSplit(foreground_thresholds=(0.4, 0.6), instance_split="distance")
-    (tmp_path / SPLIT_FILE).write_text(json.dumps(dataclasses.asdict(split)))
-    assert load_split(tmp_path) == split
+    config = {
+        "class_path": "protoseg.postprocess.distance.DistanceSplit",
+        "init_args": {"foreground_threshold": [0.4, 0.6], "min_distance": 9},
+    }
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(config))
+    split = load_split(tmp_path)
+    assert isinstance(split, DistanceSplit)
+    assert (split.thresholds, split.min_distance) == ((0.4, 0.6), 9)
     (tmp_path / SPLIT_FILE).write_text("{")
     with pytest.raises(ValueError, match=SPLIT_FILE):
         load_split(tmp_path)

@@ -124,17 +124,19 @@ def test_command_line_model_options_win_over_the_checkpoint(
 ) -> None:
     run_dir = tmp_path / "run"
     args = tiny_overrides(tiny_monuseg_root, run_dir)
-    main(["fit", *args, "--model.min_distance=4", "--trainer.max_steps=1"])
+    main(["fit", *args, "--model.warmup_steps=7", "--trainer.max_steps=1"])
     capsys.readouterr()
     last = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
     # Before the fix LightningCLI put the checkpoint's min_area (10) back over this option.
-    cli = build_cli(["validate", *args, last, "--model.init_args.min_area", "3"])
-    assert cli.model.hparams.min_area == 3
-    # The checkpoint's own setting stays over the config file's (5), and is named.
-    assert cli.model.hparams.min_distance == 4
+    cli = build_cli(
+        ["validate", *args, last, "--model.init_args.postprocess.init_args.min_area", "3"]
+    )
+    assert cli.model.postprocess.min_area == 3
+    # The checkpoint's own setting stays over the config file's (30), and is named.
+    assert cli.model.hparams.warmup_steps == 7
     notice = [line for line in capsys.readouterr().err.splitlines() if "checkpoint's" in line]
     assert notice == [
-        "protoseg: the checkpoint's model settings replace the config's for min_distance "
+        "protoseg: the checkpoint's model settings replace the config's for warmup_steps "
         "(set one with --model.NAME VALUE)"
     ]
 

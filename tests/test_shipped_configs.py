@@ -81,13 +81,18 @@ def test_config_runs_end_to_end(
     if tissue and pseudo:
         pseudo = [f"--data.pseudo_mask_dir={uniform_pseudo_masks(data_root, tmp_path)}"]
     run_dir = tmp_path / "run"
-    # A head that reads a centre detector (configs/psm/segment_monuseg.yaml) gets the weights
-    # of a freshly built detector network of the config's own architecture.
-    centre = yaml.safe_load(config.read_text())["model"]["init_args"].get("centre_net")
-    if centre is not None:
-        weights = tmp_path / "centre_net.pt"
-        torch.save(UNet(**centre["init_args"]).state_dict(), weights)
-        pseudo.append(f"--model.init_args.centre_weights={weights}")
+    # A head that reads a centre detector (configs/psm/segment_monuseg.yaml) gets a checkpoint
+    # of a freshly built detector of the detector config's own network.
+    postprocess = yaml.safe_load(config.read_text())["model"]["init_args"].get("postprocess", {})
+    if "detector" in postprocess.get("init_args", {}):
+        detector = yaml.safe_load((ROOT / "configs/psm/detect_monuseg.yaml").read_text())
+        spec = detector["model"]["init_args"]["net"]
+        weights = tmp_path / "detector.ckpt"
+        state = {f"net.{k}": v for k, v in UNet(**spec["init_args"]).state_dict().items()}
+        torch.save(
+            {"hyper_parameters": {"net": spec, "offset_weight": 1.0}, "state_dict": state}, weights
+        )
+        pseudo.append(f"--model.init_args.postprocess.init_args.detector={weights}")
     # SSL configs read a tile folder: no labels, no validation split, nothing to predict; their
     # fit ends by exporting the encoder the other stages load.
     ssl = data_class.endswith("TileFolderDataModule")

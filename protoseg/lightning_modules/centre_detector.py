@@ -4,9 +4,9 @@ Chen et al. train a nuclei detection network on their pseudo masks before the se
 network. Here a dense network learns a CenterNet-style centre heatmap
 (:func:`~protoseg.modules.centres.centre_heatmap_target`) from the convex objects of the
 pseudo masks, fused clumps left out of the loss; the segmentation head's distance split then
-reads the heatmap to cut clumps between nuclei (``centre_net`` of
-:class:`~protoseg.lightning_modules.segmentation.SegmentationModule`). On the 30 MoNuSeg
-training images (labels only scored) that lifted three PSM heads' AJI by 0.017-0.026.
+reads the heatmap to cut clumps between nuclei
+(:class:`~protoseg.postprocess.centre_guided.CentreGuidedSplit`, whose network is built from
+this module's checkpoint; measured: ``docs/postprocessing.md``).
 """
 
 from __future__ import annotations

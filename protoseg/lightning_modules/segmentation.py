@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import numpy as np
@@ -22,44 +23,15 @@ from protoseg.lightning_modules.evaluation import (
     require_labelled_crops,
 )
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
+from protoseg.lightning_modules.legacy import upgrade_segmentation_checkpoint
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics import NucleiMetrics
-from protoseg.modules.centres import centre_maps
-from protoseg.modules.instance_split import InstanceSplit, split_and_score
 from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess_pool import PostprocessPool, Workers
 from protoseg.modules.tiling import predict_tiled_net
+from protoseg.postprocess import InstanceSplit, ThreeClassWatershed, split_and_score
 
 Batch = dict[str, Any]
-
-
-def _as_list(threshold: float | list[float]) -> list[float]:
-    """One foreground threshold or several, as a list."""
-    return [float(t) for t in threshold] if isinstance(threshold, (list, tuple)) else [threshold]
-
-
-def load_centre_weights(net: nn.Module, path: str | None) -> None:
-    """Loads a centre detector's weights into ``net`` from a Lightning checkpoint of
-    :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule` (its ``net.*``
-    entries) or a plain state dict of ``net``; names the file on any mismatch."""
-    if path is None:
-        raise ValueError("centre_net needs centre_weights: the detector's checkpoint")
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: centre detector checkpoint not found (centre_weights)")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: pickle, zip or torch errors
-        raise ValueError(f"{file}: not a readable torch checkpoint: {error}") from error
-    if not isinstance(state, dict):
-        raise ValueError(f"{file}: holds a {type(state).__name__}, not a checkpoint or state dict")
-    if "state_dict" in state:  # a Lightning checkpoint: the detector module's ``net.*``
-        state = state["state_dict"]
-        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{file}: weights do not fit centre_net: {error}") from error
 
 
 class SegmentationModule(L.LightningModule):
@@ -68,7 +40,7 @@ class SegmentationModule(L.LightningModule):
     Training batches come from any datamodule that yields ``image`` (B, 3, h, w) and
     ``target`` (B, h, w) class ids — true labels or pseudo masks alike. Validation, test and
     prediction run on whole images (tiled when large) and turn probabilities into instances
-    with :func:`three_class_to_instances`, so that AJI, object Dice and PQ are meaningful.
+    with the ``postprocess`` strategy, so that AJI, object Dice and PQ are meaningful.
 
     Args:
         net: dense network mapping (B, 3, H, W) to logits (B, 3, H, W); e.g.
@@ -79,59 +51,14 @@ class SegmentationModule(L.LightningModule):
         warmup_steps: linear learning-rate warm-up; a cosine decay to zero follows over the
             rest of ``trainer.estimated_stepping_batches``, or ends at ``trainer.max_time``
             when that comes first (:mod:`~protoseg.lightning_modules.time_budget`).
-        marker_threshold: inside probability that seeds a nucleus (post-processing).
-        foreground_threshold: ``1 - p(background)`` above which a pixel is nuclear
-            (post-processing, both splits). A head trained on pseudo masks spreads its
-            foreground over thin bridges between neighbouring nuclei; 0.6 rather than 0.5
-            cuts many of them: AJI +0.011 and +0.014 for two PSM-mask heads on the 30
-            training images (better on 22 of 30 images; labels only scored), +0.004 for a
-            patch-contrast head, pixel Dice within 0.001. A list of thresholds splits the
-            image at each, and every connected piece of foreground keeps the split whose
-            objects there are the most convex
-            (:func:`~protoseg.modules.postprocess.most_convex_candidates`): on three PSM
-            heads with the vote detector (30 training images, labels only scored), thresholds
-            0.2 to 0.95 against 0.6 alone lifted AJI 0.492 -> 0.506, 0.491 -> 0.508 and
-            0.497 -> 0.511, object Dice by 0.012-0.015, PQ by 0.009-0.016; each threshold
-            costs one more split per image (~0.5 s for 1000 x 1000 px; the splits run in
-            ``torch.get_num_threads()`` threads).
-        min_area: smallest nucleus kept, in px.
-        min_peak_probability: when set, objects whose highest ``1 - p(background)`` stays
-            below it are dropped (:func:`~protoseg.modules.postprocess.drop_unsure_objects`;
-            both splits). At 0.99 on two PSM-mask heads (30 training images, labels only
-            scored): AJI +0.006 / +0.004, object Dice +0.008 / +0.005, PQ +0.05.
-        instance_split: how touching nuclei are separated. ``"three_class"``: seeds from the
-            *inside* class, grown over the boundary class (for heads trained on true
-            instance labels). ``"distance"``: the foreground alone, split by a watershed on
-            its distance transform (:func:`~protoseg.modules.pseudo_masks.binary_to_instances`).
-            Pseudo masks merge touching nuclei, so a head trained on them learns weak
-            boundaries; on the PSM chain the distance split lifts AJI on the 30 training
-            images from 0.319 to 0.418 (labels only scored both).
-        min_distance: smallest distance between two nucleus centres, px (``"distance"``).
-        outline_opening: when > 0, each object of the final map is opened by a disc of this
-            radius, px (:func:`~protoseg.modules.postprocess.open_objects`), trimming jagged
-            outlines and watershed slivers. At 3 px on four PSM head and detector pairs (30
-            training images, labels only scored): AJI +0.004 to +0.005, object Dice +0.003,
-            PQ +0.004 to +0.006.
-        centre_net: a nucleus-centre detector's network (a heatmap logit first, e.g. the ``net`` of
-            :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule`);
-            its heatmap reshapes the distance split's landscape (``centre_offset`` +
-            heatmap, see :func:`~protoseg.modules.pseudo_masks.binary_to_instances`), so
-            fused clumps are cut between the nuclei it sees. Frozen: its weights come from
-            ``centre_weights`` when a fit starts and travel in this module's checkpoint.
-            On three PSM heads (30 training images, labels only scored) AJI rose by
-            0.017-0.026 with ``centre_offset`` 0.25 and ``min_distance`` 7.
-        centre_weights: the detector's Lightning checkpoint (or a state dict of
-            ``centre_net``); needed to fit with ``centre_net``.
-        centre_offset: the landscape's weight where the detector sees no centre.
-        centre_votes: the detector also regresses centre offsets (``centre_net`` with 3
-            outputs, ``offset_weight`` > 0 in its module): the landscape then reads the mean
-            of its heatmap and the votes of this head's foreground pixels
-            (:func:`~protoseg.modules.centre_votes.vote_heatmap`). On the PSM benchmark head
-            with two detector seeds (30 training images, labels only scored): AJI 0.486 ->
-            0.492 and 0.485 -> 0.489, object Dice +0.005 to +0.007, PQ +0.008 to +0.013.
-            With several ``foreground_threshold`` values the per-piece choice also reads
-            where the pixels vote (``offsets`` of
-            :func:`~protoseg.modules.postprocess.most_convex_candidates`).
+        postprocess: how probabilities become instances, a strategy of
+            :mod:`protoseg.postprocess` (``class_path`` + ``init_args`` in a config):
+            :class:`~protoseg.postprocess.three_class.ThreeClassWatershed` (the default, for
+            heads trained on true labels),
+            :class:`~protoseg.postprocess.distance.DistanceSplit` (heads trained on pseudo
+            masks) or :class:`~protoseg.postprocess.centre_guided.CentreGuidedSplit` (the
+            distance split guided by a frozen centre detector, whose weights then travel in
+            this module's checkpoint). What each setting measured: ``docs/postprocessing.md``.
         tile_size: inference tile side for whole images; 1024 covers a MoNuSeg image at once.
         tile_overlap: px shared by neighbouring inference tiles.
         num_log_images: validation images drawn to TensorBoard per validation run.
@@ -154,17 +81,7 @@ class SegmentationModule(L.LightningModule):
         loss: nn.Module | None = None,
         optimizer: OptimizerCallable | None = None,
         warmup_steps: int = 100,
-        marker_threshold: float = 0.5,
-        foreground_threshold: float | list[float] = 0.5,
-        min_area: int = 10,
-        min_peak_probability: float | None = None,
-        instance_split: str = "three_class",
-        min_distance: int = 5,
-        outline_opening: int = 0,
-        centre_net: nn.Module | None = None,
-        centre_weights: str | None = None,
-        centre_offset: float = 0.25,
-        centre_votes: bool = False,
+        postprocess: InstanceSplit | None = None,
         tile_size: int = 1024,
         tile_overlap: int = 128,
         num_log_images: int = 2,
@@ -176,34 +93,13 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(
                 f"tile_overlap must be in [0, tile_size={tile_size}), got {tile_overlap}"
             )
-        thresholds = _as_list(foreground_threshold)
-        if not thresholds or not all(0.0 < t < 1.0 for t in thresholds):
-            raise ValueError(
-                f"foreground_threshold must be in (0, 1), or a non-empty list of such values, "
-                f"got {foreground_threshold}"
-            )
-        if min_peak_probability is not None and not 0.0 < min_peak_probability < 1.0:
-            raise ValueError(
-                f"min_peak_probability must be None or in (0, 1), got {min_peak_probability}"
-            )
-        if instance_split not in ("three_class", "distance"):
-            raise ValueError(
-                f"instance_split must be 'three_class' or 'distance', got {instance_split!r}"
-            )
-        if centre_net is not None and instance_split != "distance":
-            raise ValueError("centre_net shapes the distance split: set instance_split: distance")
-        if outline_opening < 0:
-            raise ValueError(f"outline_opening must be >= 0, got {outline_opening}")
-        if centre_offset <= 0:
-            raise ValueError(f"centre_offset must be > 0, got {centre_offset}")
-        if centre_votes and centre_net is None:
-            raise ValueError("centre_votes reads the centre detector's offsets: set centre_net")
         self.pool = PostprocessPool(postprocess_workers)
         save_init_hyperparameters(self)
         self.net = net
-        self.centre_net = centre_net
-        if centre_net is not None:
-            centre_net.requires_grad_(False)
+        self.postprocess = postprocess if postprocess is not None else ThreeClassWatershed()
+        given = self.hparams.get("postprocess")
+        if isinstance(given, dict):  # built by the CLI: complete its config for the checkpoint
+            self.hparams["postprocess"] = self.postprocess.complete_config(given)
         self.loss = loss if loss is not None else CEDiceLoss()
         self.optimizer_factory = optimizer
         self.val_metrics = NucleiMetrics(prefix="val/")
@@ -219,59 +115,49 @@ class SegmentationModule(L.LightningModule):
         """Shares the post-processing workers' cores among the trainer's processes on this
         node (its DDP ranks each run a pool), lays the weights out channels-last for a DDP fit
         (:mod:`~protoseg.lightning_modules.ddp_layout`), refuses a fit on images without
-        labels or pseudo masks, and loads the centre detector's weights before a fit (a
-        checkpoint restores them after)."""
+        labels or pseudo masks, and has the post-processing load its networks' weights
+        before a fit (a checkpoint restores them after)."""
         if self._trainer is not None:
             self.pool.share(max(1, self._trainer.num_devices))
         channels_last_under_ddp(self, stage)
         if stage == "fit":
             require_labelled_crops(self.trainer, "SegmentationModule")
-        if stage == "fit" and self.centre_net is not None:
-            load_centre_weights(self.centre_net, self.hparams.centre_weights)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            self.postprocess.prepare_fit(dict(getattr(datamodule, "hparams", {})))
 
-    def centre_maps(self, images: torch.Tensor) -> np.ndarray | None:
-        """The centre detector's outputs (B, C, H, W): heatmap in [0, 1], then any offsets
-        (:func:`~protoseg.modules.centres.centre_maps`); None without a detector."""
-        if self.centre_net is None:
-            return None
-        hp = self.hparams
-        # The frozen detector always runs on its BatchNorm running statistics, whatever this
-        # module's mode. It keeps this module's mode otherwise: it runs only in validation and
-        # prediction, and a submodule in eval mode at the start of a fit makes Lightning warn.
-        mode = self.centre_net.training
-        self.centre_net.eval()
-        try:
-            return centre_maps(self.centre_net, images, hp.tile_size, hp.tile_overlap)
-        finally:
-            self.centre_net.train(mode)
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Reads a checkpoint of the module before its post-processing was a part
+        (:func:`~protoseg.lightning_modules.legacy.upgrade_segmentation_checkpoint`)."""
+        upgrade_segmentation_checkpoint(checkpoint)
 
-    @property
-    def splitter(self) -> InstanceSplit:
-        """The post-processing settings of :attr:`hparams` as an :class:`InstanceSplit`."""
-        hp = self.hparams
-        return InstanceSplit(
-            foreground_thresholds=tuple(_as_list(hp.foreground_threshold)),
-            instance_split=hp.instance_split,
-            marker_threshold=hp.marker_threshold,
-            min_area=hp.min_area,
-            min_distance=hp.min_distance,
-            min_peak_probability=hp.min_peak_probability,
-            outline_opening=hp.outline_opening,
-            centre_offset=hp.centre_offset,
-            centre_votes=hp.centre_votes,
-        )
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path | IO[bytes], *args: Any, **kwargs: Any
+    ) -> SegmentationModule:
+        """Lightning's ``load_from_checkpoint``, which also reads a checkpoint saved before
+        the post-processing was a part (upgraded in memory, the file left as it is)."""
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if upgrade_segmentation_checkpoint(checkpoint) is not None:
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            buffer.seek(0)
+            checkpoint_path = buffer
+        elif hasattr(checkpoint_path, "seek"):
+            checkpoint_path.seek(0)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def split_inputs(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Each image's class probabilities (3, H, W) and centre-detector outputs (or None)."""
+        """Each image's class probabilities (3, H, W) and what the post-processing's own
+        networks see in it (:meth:`~protoseg.postprocess.base.InstanceSplit.guide`, or None)."""
+        hp = self.hparams
         probs = self(images).float().softmax(dim=1).cpu().numpy()
-        maps = self.centre_maps(images)
-        return [(p, None if maps is None else maps[i]) for i, p in enumerate(probs)]
+        guide = self.postprocess.guide(images, hp.tile_size, hp.tile_overlap)
+        return [(p, None if guide is None else guide[i]) for i, p in enumerate(probs)]
 
     def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
         """Instance maps, one (H, W) int32 array per image of (B, 3, H, W), split in this
         process (``postprocess_workers`` serves the trainer's loops)."""
-        split = self.splitter
-        return [split(probs, maps) for probs, maps in self.split_inputs(images)]
+        return [self.postprocess(probs, guide) for probs, guide in self.split_inputs(images)]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         require_instances(batch, "SegmentationModule")
@@ -285,7 +171,7 @@ class SegmentationModule(L.LightningModule):
         """Queues the batch's images for splitting and scoring; :meth:`_collect` adds their
         scores to ``metrics``. With ``log_index`` the first image's split is drawn too, as
         ``val/overlay_<log_index>``."""
-        split = self.splitter
+        split = self.postprocess.detached()
         targets = [t.cpu().numpy() for t in batch["instances"]]
         for i, (probs, maps) in enumerate(self.split_inputs(batch["image"])):
             overlay = None
@@ -334,7 +220,7 @@ class SegmentationModule(L.LightningModule):
         items with the batch (:class:`~protoseg.callbacks.slide_writer.SlidePredictionWriter`
         reads its tile origins), so a batch's items never wait for a later batch.
         """
-        split = self.splitter
+        split = self.postprocess.detached()
         inputs = self.split_inputs(batch["image"])
         if len(inputs) == 1 or self.pool.workers == 0:
             return prediction_items(batch, [split(probs, maps) for probs, maps in inputs])

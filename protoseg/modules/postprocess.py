@@ -19,6 +19,7 @@ def three_class_to_instances(
     marker_threshold: float = 0.5,
     foreground_threshold: float = 0.5,
     min_area: int = 10,
+    min_seed_area: int | None = None,
 ) -> np.ndarray:
     """Separates nuclei from background / inside / boundary probabilities.
 
@@ -30,7 +31,9 @@ def three_class_to_instances(
         probs: class probabilities (3, H, W) ordered as in :mod:`protoseg.datamodules.targets`.
         marker_threshold: inside probability above which a pixel seeds a nucleus.
         foreground_threshold: ``1 - p(background)`` above which a pixel belongs to a nucleus.
-        min_area: seeds and final objects smaller than this many pixels are dropped.
+        min_area: final objects smaller than this many pixels are dropped.
+        min_seed_area: seeds smaller than this many pixels are dropped; None: half of
+            ``min_area`` (at least 1).
 
     Returns:
         Instance map (H, W) int32, 0 = background, ids 1..N.
@@ -40,7 +43,9 @@ def three_class_to_instances(
     foreground = (1.0 - probs[BACKGROUND]) > foreground_threshold
     foreground = ndi.binary_fill_holes(foreground)
     seeds = (probs[INSIDE] > marker_threshold) & foreground
-    seeds = remove_small_objects(seeds, max_size=max(min_area // 2, 1) - 1)
+    if min_seed_area is None:
+        min_seed_area = max(min_area // 2, 1)
+    seeds = remove_small_objects(seeds, max_size=min_seed_area - 1)
     markers, _ = ndi.label(seeds)
     instances = watershed(-probs[INSIDE], markers, mask=foreground)
     if min_area > 1:
@@ -53,11 +58,9 @@ def drop_unsure_objects(
 ) -> np.ndarray:
     """Removes the objects on which the network is nowhere confident.
 
-    A head trained on pseudo masks draws faint objects off the nuclei: on the 30 MoNuSeg
-    training images 4.3k of its 23.6k objects lay off every true nucleus. An object whose
-    highest foreground probability stays below ``min_peak`` is dropped. At 0.99, for two
-    PSM-mask heads (labels only scored): AJI 0.449 -> 0.455 and 0.447 -> 0.451, object Dice
-    0.671 -> 0.680 and 0.678 -> 0.683, PQ 0.370 -> 0.424 and 0.369 -> 0.418.
+    A head trained on pseudo masks draws faint objects off the nuclei. An object whose
+    highest foreground probability stays below ``min_peak`` is dropped (measured:
+    ``docs/postprocessing.md``).
 
     Args:
         instances: (H, W) int instance map, 0 = background.
@@ -81,7 +84,7 @@ def drop_unsure_objects(
 
 
 def most_convex_candidates(
-    candidates: Sequence[np.ndarray], offsets: np.ndarray | None = None
+    candidates: Sequence[np.ndarray], offsets: np.ndarray | None = None, share_power: float = 0.5
 ) -> np.ndarray:
     """Per connected piece of foreground, the candidate instance map that cuts it into the
     most convex objects.
@@ -94,21 +97,19 @@ def most_convex_candidates(
     earlier candidate. An object belongs to the piece that holds it; a watershed object that
     is not connected belongs to the piece of its first pixel in raster order.
 
-    With a centre detector's ``offsets``, each object's solidity is multiplied by the square
-    root of the share of its pixels whose centre votes land inside it
-    (:func:`~protoseg.modules.centre_votes.votes_inside`). Solidity alone also rewards a
-    nucleus cut into two convex halves, or a pale one's rim broken into convex fragments;
-    their pixels vote across the cut or into the hole. On three PSM heads with the vote
-    detector (30 MoNuSeg training images, labels only scored) AJI rose 0.506 -> 0.510,
-    0.508 -> 0.510 and 0.511 -> 0.514, object Dice by 0.004-0.005, PQ by 0.008-0.009,
-    pixel Dice by 0.002-0.005; with the detector seeded 1, 0.502 -> 0.505. The share itself,
-    not rooted, gave AJI +0.002 to +0.004.
+    With a centre detector's ``offsets``, each object's solidity is multiplied by the share
+    of its pixels whose centre votes land inside it
+    (:func:`~protoseg.modules.centre_votes.votes_inside`) to the power ``share_power``.
+    Solidity alone also rewards a nucleus cut into two convex halves, or a pale one's rim
+    broken into convex fragments; their pixels vote across the cut or into the hole
+    (measured: ``docs/postprocessing.md``).
 
     Args:
         candidates: instance maps (H, W), 0 = background, of one image (e.g. one per
             foreground threshold).
         offsets: (2, H, W) centre offsets of the image, in units of
             :data:`~protoseg.modules.centre_votes.OFFSET_SCALE` px, or None.
+        share_power: exponent of the share of an object's pixels voting inside it.
 
     Returns:
         (H, W) int32 instance map, ids 1..N.
@@ -131,7 +132,7 @@ def most_convex_candidates(
             area = np.array([o.area for o in objects], dtype=np.float64)
             merit = np.array([o.solidity for o in objects])
             if offsets is not None:
-                merit = merit * np.sqrt(votes_inside(candidate, offsets)[labels])
+                merit = merit * votes_inside(candidate, offsets)[labels] ** share_power
             weighted = np.bincount(piece[labels], merit * area, minlength=count + 1)
             total = np.bincount(piece[labels], area, minlength=count + 1)
             score = np.where(total > 0, weighted / np.maximum(total, 1.0), -1.0)
@@ -155,15 +156,9 @@ def open_objects(instances: np.ndarray, radius: int) -> np.ndarray:
     A head trained on colour pseudo masks draws pale, speckled nuclei with jagged outlines,
     and the watershed leaves thin slivers where it cuts. An opening of each object on its own
     (neighbours never merge) trims them; objects narrower than the disc vanish, and a part
-    the opening cuts off keeps its object's id. On three PSM heads with the vote detector and
-    the first with a second detector seed (30 MoNuSeg training images, labels only scored),
-    a 3 px disc lifted AJI
-    0.510 -> 0.514, 0.510 -> 0.515, 0.514 -> 0.518 and 0.505 -> 0.509 (26-27 of 30 images
-    up), object Dice by 0.003, PQ by 0.004-0.006, pixel Dice by up to 0.002. A 4 px disc
-    gained at most 0.001 more AJI (0.0003 less on the fourth) for 0.001 less pixel Dice;
-    5 / 6 px fell below no opening. Beyond the image's edges is background: a nucleus the
-    edge cuts keeps its cut side but loses slivers narrower than the disc there (counting
-    the edges as object, scikit-image's convention, scored AJI 0.001 lower).
+    the opening cuts off keeps its object's id. Beyond the image's edges is background: a
+    nucleus the edge cuts keeps its cut side but loses slivers narrower than the disc there
+    (measured: ``docs/postprocessing.md``).
 
     Args:
         instances: (H, W) int instance map, 0 = background.

@@ -114,6 +114,8 @@ def binary_to_instances(
     min_distance: int = 5,
     centres: np.ndarray | None = None,
     centre_offset: float = 0.25,
+    distance_sigma: float = 1.0,
+    centre_sigma: float = 1.0,
 ) -> np.ndarray:
     """Splits touching nuclei of a binary mask by a watershed on its distance transform.
 
@@ -121,7 +123,8 @@ def binary_to_instances(
     at least ``min_distance`` px apart split clumps. With ``centres`` (a nucleus-centre
     heatmap in [0, 1] of the mask's shape, e.g. from
     :class:`~protoseg.lightning_modules.centre_detector.CentreDetectorModule`) the landscape
-    is the smoothed distance times ``centre_offset + centres`` (also smoothed by 1 px):
+    is the distance (smoothed by ``distance_sigma`` px) times ``centre_offset + centres``
+    (smoothed by ``centre_sigma`` px):
     its peaks move to where the detector sees centres and its basins' borders to where it
     sees none, while the distance keeps them inside the mask. Returns (H, W) int32 ids 1..N.
     """
@@ -131,11 +134,12 @@ def binary_to_instances(
         return np.zeros(mask.shape, dtype=np.int32)
     distance = ndi.distance_transform_edt(mask)
     # Smoothing the distance map stops ragged outlines from seeding spurious splits.
-    smooth = ndi.gaussian_filter(distance, sigma=1.0)
+    smooth = ndi.gaussian_filter(distance, sigma=distance_sigma)
     if centres is not None:
         if centres.shape != mask.shape:
             raise ValueError(f"centres {centres.shape} and mask {mask.shape} differ in shape")
-        smooth = smooth * (centre_offset + ndi.gaussian_filter(centres.astype(np.float64), 1.0))
+        centres = ndi.gaussian_filter(centres.astype(np.float64), centre_sigma)
+        smooth = smooth * (centre_offset + centres)
     peaks = peak_local_max(
         smooth, min_distance=max(min_distance, 1), labels=components, exclude_border=False
     )

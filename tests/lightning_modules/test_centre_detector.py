@@ -15,11 +15,11 @@ from PIL import Image
 from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.io.errors import DataError
 from protoseg.lightning_modules.centre_detector import CentreDetectorModule, points_to_discs
-from protoseg.lightning_modules.segmentation import SegmentationModule, load_centre_weights
-from protoseg.modules import instance_split
+from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.centre_targets import CentreTargets
 from protoseg.modules.networks import UNet
 from protoseg.modules.psm import cell_points
+from protoseg.postprocess import CentreGuidedSplit
 
 CHANNELS = (16, 16, 8, 8, 8)
 
@@ -47,17 +47,23 @@ def short_trainer(root_dir: Path, steps: int = 1) -> L.Trainer:
     )
 
 
-def reading_head(centre_net: UNet, weights: Path, centre_votes: bool = False) -> SegmentationModule:
+def reading_head(weights: Path, centre_votes: bool = False, **kwargs: object) -> SegmentationModule:
     """A tiny head whose distance split reads the detector saved at ``weights``."""
-    return SegmentationModule(
-        net=tiny_net(3),
-        centre_net=centre_net,
-        centre_weights=str(weights),
-        centre_votes=centre_votes,
-        instance_split="distance",
-        tile_size=64,
-        tile_overlap=16,
-    )
+    split = CentreGuidedSplit(str(weights), centre_votes=centre_votes, **kwargs)
+    return SegmentationModule(net=tiny_net(3), postprocess=split, tile_size=64, tile_overlap=16)
+
+
+def save_detector(path: Path, net: UNet, **hparams: object) -> Path:
+    """A detector checkpoint as the CLI writes it: the network's config and weights."""
+    spec = {"class_path": "protoseg.modules.networks.UNet", "init_args": net_args(net)}
+    state = {f"net.{key}": value for key, value in net.state_dict().items()}
+    torch.save({"hyper_parameters": {"net": spec, **hparams}, "state_dict": state}, path)
+    return path
+
+
+def net_args(net: UNet) -> dict[str, object]:
+    classes = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+    return {"encoder": "resnet18", "num_classes": classes, "decoder_channels": list(CHANNELS)}
 
 
 def test_detector_fit_validate_predict(tiny_monuseg_root: Path) -> None:
@@ -94,56 +100,90 @@ def test_head_reads_the_frozen_detector(tiny_monuseg_root: Path, tmp_path: Path)
     weights = tmp_path / "det.ckpt"
     trainer.save_checkpoint(weights)
 
-    head = reading_head(tiny_net(1), weights)
+    head = reading_head(weights, centre_net=tiny_net(1))
     short_trainer(tmp_path / "head", steps=2).fit(head, datamodule=tiny_data(tiny_monuseg_root))
+    centre_net = head.postprocess.centre_net
     for key, value in detector.net.state_dict().items():
-        torch.testing.assert_close(head.centre_net.state_dict()[key], value)
-    assert all(not p.requires_grad for p in head.centre_net.parameters())
+        torch.testing.assert_close(centre_net.state_dict()[key], value)
+    assert all(not p.requires_grad for p in centre_net.parameters())
     # in train mode too (a fit's), the detector runs on its running BatchNorm statistics and
     # leaves them as they are
     head.train()
-    buffers = {k: v.clone() for k, v in head.centre_net.state_dict().items()}
+    buffers = {k: v.clone() for k, v in centre_net.state_dict().items()}
     images = torch.rand(1, 3, 64, 64)
-    maps = head.centre_maps(images)
-    assert maps is not None and maps.shape == (1, 1, 64, 64)
+    maps = head.postprocess.guide(images, 64, 16)
+    assert maps.shape == (1, 1, 64, 64)
     np.testing.assert_allclose(maps[:, 0], detector.eval().heatmaps(images), atol=1e-6)
-    assert head.centre_net.training, "the module's mode is kept"
-    for key, value in head.centre_net.state_dict().items():
+    assert centre_net.training, "the module's mode is kept"
+    for key, value in centre_net.state_dict().items():
         torch.testing.assert_close(value, buffers[key], msg=key)
     head.eval()
     assert head.predict_instances(images)[0].shape == (64, 64)
     # A plain state dict of the network loads too.
     plain = tmp_path / "plain.pt"
     torch.save(detector.net.state_dict(), plain)
-    other = tiny_net(1)
-    load_centre_weights(other, str(plain))
-    torch.testing.assert_close(other.state_dict(), detector.net.state_dict())
-    with pytest.raises(ValueError, match="do not fit"):
-        load_centre_weights(tiny_net(3), str(plain))
+    other = CentreGuidedSplit(str(plain), centre_net=tiny_net(1))
+    other.prepare_fit({})
+    torch.testing.assert_close(other.centre_net.state_dict(), detector.net.state_dict())
+    with pytest.raises(DataError, match="plain.pt: weights do not fit centre_net"):
+        CentreGuidedSplit(str(plain), centre_net=tiny_net(3)).prepare_fit({})
+
+
+def test_the_network_comes_from_the_detector_s_checkpoint(tmp_path: Path) -> None:
+    """Without centre_net the strategy builds the detector's own network from its
+    checkpoint's config, and the head keeps that config, so that its checkpoint rebuilds
+    the detector without the detector's file."""
+    trained = tiny_net(3)
+    weights = save_detector(tmp_path / "det.ckpt", trained, offset_weight=1.0)
+    split = CentreGuidedSplit(str(weights), centre_votes=True)
+    split.prepare_fit({})
+    torch.testing.assert_close(split.centre_net.state_dict(), trained.state_dict())
+    given = {"class_path": "protoseg.postprocess.centre_guided.CentreGuidedSplit", "init_args": {}}
+    completed = split.complete_config(given)
+    assert completed["init_args"]["centre_net"]["init_args"] == net_args(trained)
+    assert given["init_args"] == {}, "the config given is left as it is"
+    plain = tmp_path / "plain.pt"
+    torch.save(trained.state_dict(), plain)
+    with pytest.raises(DataError, match="plain.pt: holds no network config"):
+        CentreGuidedSplit(str(plain))
+
+
+def test_detectors_that_do_not_fit_the_head_are_refused(tmp_path: Path) -> None:
+    """centre_votes with a detector trained without offsets, and a detector whose images
+    were normalised or sized otherwise than the head's, are refused naming the file."""
+    no_offsets = save_detector(tmp_path / "heat.ckpt", tiny_net(3), offset_weight=0.0)
+    with pytest.raises(DataError, match=r"heat.ckpt: the detector was trained without centre"):
+        CentreGuidedSplit(str(no_offsets), centre_votes=True).prepare_fit({})
+    CentreGuidedSplit(str(no_offsets), centre_votes=False).prepare_fit({})
+    other = save_detector(tmp_path / "other.ckpt", tiny_net(3))
+    saved = torch.load(other, weights_only=False)
+    saved["datamodule_hyper_parameters"] = {"mean": (0.5, 0.5, 0.5), "std": [0.2] * 3, "mpp": 0.25}
+    torch.save(saved, other)
+    split = CentreGuidedSplit(str(other))
+    split.prepare_fit({"mean": [0.5, 0.5, 0.5], "std": (0.2, 0.2, 0.2), "mpp": 0.25})
+    with pytest.raises(DataError, match=r"other.ckpt: the detector's datamodule had mean"):
+        split.prepare_fit({"mean": (0.485, 0.456, 0.406), "std": (0.2,) * 3, "mpp": 0.25})
+    with pytest.raises(DataError, match=r"had mpp 0.25, the head's has 0.5"):
+        split.prepare_fit({"mpp": 0.5})
 
 
 def test_head_without_detector_weights_names_the_problem(
     tiny_monuseg_root: Path, tmp_path: Path
 ) -> None:
     missing = tmp_path / "nowhere.ckpt"
-    head = SegmentationModule(
-        net=tiny_net(3),
-        centre_net=tiny_net(1),
-        centre_weights=str(missing),
-        instance_split="distance",
-    )
+    head = reading_head(missing, centre_net=tiny_net(1))
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         short_trainer(tmp_path).fit(head, datamodule=tiny_data(tiny_monuseg_root))
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        CentreGuidedSplit(str(missing))
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt.ckpt: not a readable torch checkpoint"):
-        load_centre_weights(tiny_net(1), str(corrupt))
+    with pytest.raises(DataError, match="corrupt.ckpt: not a readable torch checkpoint"):
+        CentreGuidedSplit(str(corrupt), centre_net=tiny_net(1)).prepare_fit({})
     foreign = tmp_path / "list.pt"
     torch.save([1, 2], foreign)
-    with pytest.raises(ValueError, match="list.pt: holds a list"):
-        load_centre_weights(tiny_net(1), str(foreign))
-    with pytest.raises(ValueError, match="instance_split: distance"):
-        SegmentationModule(net=tiny_net(3), centre_net=tiny_net(1))
+    with pytest.raises(DataError, match="list.pt: holds a list"):
+        CentreGuidedSplit(str(foreign), centre_net=tiny_net(1)).prepare_fit({})
 
 
 def test_detector_with_offsets_feeds_votes_to_the_head(
@@ -168,44 +208,14 @@ def test_detector_with_offsets_feeds_votes_to_the_head(
     weights = tmp_path / "det.ckpt"
     trainer.save_checkpoint(weights)
 
-    head = reading_head(tiny_net(3), weights, centre_votes=True)
+    head = reading_head(weights, centre_votes=True, centre_net=tiny_net(3))
     short_trainer(tmp_path / "head", steps=1).fit(head, datamodule=tiny_data(tiny_monuseg_root))
     head.eval()
     images = torch.rand(1, 3, 64, 64)
-    maps = head.centre_maps(images)
-    assert maps is not None and maps.shape == (1, 3, 64, 64)
+    maps = head.postprocess.guide(images, 64, 16)
+    assert maps.shape == (1, 3, 64, 64)
     assert maps[:, 0].min() >= 0.0 and maps[:, 0].max() <= 1.0
     assert head.predict_instances(images)[0].shape == (64, 64)
-
-
-def test_votes_head_hands_the_offsets_to_the_per_piece_choice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    head = SegmentationModule(
-        net=tiny_net(3),
-        centre_net=tiny_net(3),
-        centre_votes=True,
-        instance_split="distance",
-        foreground_threshold=[0.3, 0.6],
-        min_area=4,
-    )
-    probs = np.zeros((3, 32, 32), np.float32)
-    probs[0] = 1.0
-    probs[0, 8:24, 8:24], probs[1, 8:24, 8:24] = 0.2, 0.8
-    maps = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
-    seen: list[np.ndarray | None] = []
-
-    def spy(candidates: list[np.ndarray], offsets: np.ndarray | None = None) -> np.ndarray:
-        seen.append(offsets)
-        return candidates[0]
-
-    monkeypatch.setattr(instance_split, "most_convex_candidates", spy)
-    head.splitter(probs, maps)
-    assert len(seen) == 1 and seen[0] is not None
-    np.testing.assert_array_equal(seen[0], maps[1:])
-    head.hparams.centre_votes = False  # the heatmap alone: solidity alone chooses
-    head.splitter(probs, maps)
-    assert len(seen) == 2 and seen[1] is None
 
 
 def test_offsets_and_votes_name_their_problems() -> None:
@@ -215,15 +225,6 @@ def test_offsets_and_votes_name_their_problems() -> None:
     batch = {"image": torch.rand(2, 3, 32, 32), "instances": torch.zeros(2, 32, 32)}
     with pytest.raises(ValueError, match="3 outputs"):
         one_output.training_step(batch, 0)
-    with pytest.raises(ValueError, match="set centre_net"):
-        SegmentationModule(net=tiny_net(3), centre_votes=True, instance_split="distance")
-    head = SegmentationModule(
-        net=tiny_net(3), centre_net=tiny_net(1), centre_votes=True, instance_split="distance"
-    )
-    probs = np.zeros((3, 16, 16), np.float32)
-    probs[1] = 1.0
-    with pytest.raises(ValueError, match="3 outputs"):
-        head.splitter(probs, np.zeros((1, 16, 16), np.float32))
 
 
 def test_loader_workers_build_the_targets_the_step_would(

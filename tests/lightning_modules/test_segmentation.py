@@ -19,6 +19,7 @@ from protoseg.io.errors import DataError
 from protoseg.lightning_modules import segmentation
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.networks import UNet
+from protoseg.postprocess import DistanceSplit, ThreeClassWatershed
 from protoseg.scoring import score_predictions
 
 
@@ -108,9 +109,8 @@ def test_workers_score_and_draw_as_this_process_does(
     def run(workers: int) -> tuple[dict, list[tuple[int, np.ndarray]], list[np.ndarray]]:
         drawn.clear()
         L.seed_everything(0)
-        model = tiny_module(
-            postprocess_workers=workers, instance_split="distance", foreground_threshold=[0.4, 0.6]
-        )
+        split = DistanceSplit(foreground_threshold=[0.4, 0.6])
+        model = tiny_module(postprocess_workers=workers, postprocess=split)
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
         data = tiny_data(tiny_monuseg_root, val_fraction=0.67)  # 2 of the 3 images
         (metrics,) = trainer.validate(model, datamodule=data)
@@ -176,7 +176,7 @@ def test_images_of_mixed_sizes_predict_several_to_a_batch(
 
 
 def test_checkpoint_rebuilds_module(tiny_monuseg_root: Path, tmp_path: Path) -> None:
-    model = tiny_module(min_area=5)
+    model = tiny_module(postprocess=ThreeClassWatershed(min_area=5))
     trainer = L.Trainer(
         max_steps=1,
         accelerator="cpu",
@@ -190,10 +190,13 @@ def test_checkpoint_rebuilds_module(tiny_monuseg_root: Path, tmp_path: Path) -> 
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     assert "net" not in model.hparams, "module objects are not pickled into hparams"
+    assert "postprocess" not in model.hparams
     restored = SegmentationModule.load_from_checkpoint(
-        path, net=UNet("resnet18", decoder_channels=(16, 16, 8, 8, 8))
+        path,
+        net=UNet("resnet18", decoder_channels=(16, 16, 8, 8, 8)),
+        postprocess=ThreeClassWatershed(min_area=5),
     )
-    assert restored.hparams.min_area == 5
+    assert restored.postprocess.min_area == 5
     for key, value in model.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[key], value)
 
@@ -216,155 +219,3 @@ def test_same_seed_same_training(tiny_monuseg_root: Path) -> None:
     first, second = train_once(), train_once()
     for key in first:
         torch.testing.assert_close(first[key], second[key])
-
-
-class _GivenLogits(torch.nn.Module):
-    """A 'network' whose logits (3, H, W) are given, whatever the images."""
-
-    output_stride = 1
-
-    def __init__(self, logits: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("logits", torch.from_numpy(logits.astype(np.float32))[None])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(images.shape[0], -1, -1, -1)
-
-
-def _touching_discs(size: int = 64) -> _GivenLogits:
-    """Two touching discs, all 'inside', no boundary."""
-    yy, xx = np.mgrid[:size, :size]
-    discs = ((yy - 32) ** 2 + (xx - 22) ** 2 < 100) | ((yy - 32) ** 2 + (xx - 40) ** 2 < 100)
-    logits = np.full((3, size, size), -10.0, np.float32)
-    logits[0][~discs] = 10.0
-    logits[1][discs] = 10.0
-    return _GivenLogits(logits)
-
-
-def test_distance_split_separates_nuclei_without_a_boundary_class() -> None:
-    images = torch.zeros(1, 3, 64, 64)
-    merged = SegmentationModule(_touching_discs(), tile_size=64, tile_overlap=0)
-    split = SegmentationModule(
-        _touching_discs(), tile_size=64, tile_overlap=0, instance_split="distance", min_distance=5
-    )
-    (one,) = merged.predict_instances(images)
-    (two,) = split.predict_instances(images)
-    assert one.max() == 1
-    assert two.max() == 2
-    np.testing.assert_array_equal(one > 0, two > 0)
-    with pytest.raises(ValueError, match="instance_split"):
-        SegmentationModule(_touching_discs(), instance_split="voronoi")
-
-
-def _bridged_discs(size: int = 64) -> _GivenLogits:
-    """Two separate discs (foreground probability ~1) joined by a bar at probability 0.55."""
-    yy, xx = np.mgrid[:size, :size]
-    discs = ((yy - 32) ** 2 + (xx - 16) ** 2 < 64) | ((yy - 32) ** 2 + (xx - 48) ** 2 < 64)
-    bridge = (abs(yy - 32) <= 6) & (xx > 16) & (xx < 48) & ~discs
-    logits = np.zeros((3, size, size), np.float32)
-    logits[0][~discs & ~bridge] = 10.0
-    logits[1][discs] = 10.0
-    # softmax of (0, log(0.55 / 0.45), -30): p(background) = 0.45 on the bar
-    logits[1][bridge] = np.log(0.55 / 0.45)
-    logits[2] = -30.0
-    return _GivenLogits(logits)
-
-
-def _bridged_instances(split: str, threshold: float | list[float]) -> np.ndarray:
-    """The instances of :func:`_bridged_discs` at ``threshold``; min_distance is farther
-    than the discs' centres, so a connected pair stays one object."""
-    module = SegmentationModule(
-        _bridged_discs(),
-        tile_size=64,
-        tile_overlap=0,
-        instance_split=split,
-        min_distance=40,
-        foreground_threshold=threshold,
-    )
-    return module.predict_instances(torch.zeros(1, 3, 64, 64))[0]
-
-
-@pytest.mark.parametrize("split", ["three_class", "distance"])
-def test_foreground_threshold_cuts_a_weak_bridge(split: str) -> None:
-    merged, apart = _bridged_instances(split, 0.5), _bridged_instances(split, 0.6)
-    assert merged.max() == 1
-    assert apart.max() == 2
-    # only the bar goes: the discs keep every pixel
-    logits = _bridged_discs().logits[0].numpy()
-    bar = int(((logits[1] > 0) & (logits[1] < 1)).sum())
-    assert int((merged > 0).sum()) - int((apart > 0).sum()) == bar
-    with pytest.raises(ValueError, match="foreground_threshold"):
-        SegmentationModule(_bridged_discs(), foreground_threshold=1.0)
-
-
-@pytest.mark.parametrize("split", ["three_class", "distance"])
-def test_several_foreground_thresholds_keep_the_most_convex_split(split: str) -> None:
-    """At 0.5 the bar fuses the discs into a dumbbell; at 0.6 they stand apart, convex."""
-    apart = _bridged_instances(split, 0.6)
-    np.testing.assert_array_equal(_bridged_instances(split, [0.5, 0.6]), apart)
-    np.testing.assert_array_equal(_bridged_instances(split, [0.6, 0.5]), apart)
-    for bad in ([0.5, 1.0], []):
-        with pytest.raises(ValueError, match="foreground_threshold"):
-            SegmentationModule(_bridged_discs(), foreground_threshold=bad)
-
-
-@pytest.mark.parametrize("split", ["three_class", "distance"])
-def test_min_peak_probability_drops_a_faint_object(split: str) -> None:
-    """A disc at foreground probability ~1 stays; one at 0.9 goes once the bar is 0.99."""
-    yy, xx = np.mgrid[:64, :64]
-    sure = (yy - 20) ** 2 + (xx - 20) ** 2 < 64
-    faint = (yy - 44) ** 2 + (xx - 44) ** 2 < 64
-    logits = np.zeros((3, 64, 64), np.float32)
-    logits[0][~sure & ~faint] = 10.0
-    logits[1][sure] = 10.0
-    logits[1][faint] = np.log(0.9 / 0.1)  # p(background) = 0.1
-    logits[2] = -30.0
-
-    def kept(bar: float | None) -> np.ndarray:
-        module = SegmentationModule(
-            _GivenLogits(logits),
-            tile_size=64,
-            tile_overlap=0,
-            instance_split=split,
-            min_peak_probability=bar,
-        )
-        return module.predict_instances(torch.zeros(1, 3, 64, 64))[0]
-
-    everything, confident = kept(None), kept(0.99)
-    assert everything.max() == 2
-    assert confident.max() == 1
-    np.testing.assert_array_equal(confident > 0, sure)
-    with pytest.raises(ValueError, match="min_peak_probability"):
-        SegmentationModule(_GivenLogits(logits), min_peak_probability=1.0)
-
-
-@pytest.mark.parametrize("threshold", [0.5, [0.5, 0.6]])
-def test_outline_opening_trims_a_spur_off_the_final_objects(threshold: float | list[float]) -> None:
-    """A disc with a 2 px spur: opened by a 2 px disc the spur goes, the disc stays."""
-    yy, xx = np.mgrid[:64, :64]
-    disc = (yy - 32) ** 2 + (xx - 24) ** 2 < 100
-    spur = ((yy == 32) | (yy == 33)) & (xx >= 24) & (xx < 50)
-    logits = np.zeros((3, 64, 64), np.float32)
-    logits[0][~disc & ~spur] = 10.0
-    logits[1][disc | spur] = 10.0
-    logits[2] = -30.0
-
-    def instances(radius: int) -> np.ndarray:
-        module = SegmentationModule(
-            _GivenLogits(logits),
-            tile_size=64,
-            tile_overlap=0,
-            instance_split="distance",
-            min_distance=40,
-            foreground_threshold=threshold,
-            outline_opening=radius,
-        )
-        return module.predict_instances(torch.zeros(1, 3, 64, 64))[0]
-
-    np.testing.assert_array_equal(instances(0) > 0, disc | spur)
-    opened = instances(2) > 0
-    # the spur goes beyond its root, where a 2 px disc still fits across the junction
-    assert not (opened & spur & (xx > 24 + 10 + 2)).any()
-    assert (opened & disc).sum() >= 0.97 * disc.sum()
-    with pytest.raises(ValueError, match="outline_opening"):
-        SegmentationModule(_GivenLogits(logits), outline_opening=-1)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from protoseg.metrics.functional import nuclei_scores
-from protoseg.modules.instance_split import InstanceSplit, split_and_score
 from protoseg.modules.postprocess_pool import (
     PostprocessPool,
     auto_workers,
     usable_cores,
 )
+from protoseg.postprocess import DistanceSplit, split_and_score
 
 
 def _slow_square(value: int) -> int:
@@ -130,8 +130,8 @@ def test_worker_results_come_back_in_submission_order() -> None:
 
 def test_split_and_score_is_the_same_in_a_worker() -> None:
     probs, target = _discs_probs()
-    split = InstanceSplit(foreground_thresholds=(0.5, 0.7), instance_split="distance")
-    assert pickle.loads(pickle.dumps(split)) == split
+    split = DistanceSplit(foreground_threshold=[0.5, 0.7]).detached()
+    assert pickle.loads(pickle.dumps(split)).thresholds == (0.5, 0.7)
     here_instances, here_scores = split_and_score(split, probs, None, target)
     assert here_instances.max() == 2, "the distance split parts the touching discs"
     assert here_scores == nuclei_scores(here_instances, target)
