@@ -3,14 +3,16 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Local wheel sources (see DEVELOPERS.md); torch/torchvision pinned in constraints.txt.
+# Local wheel sources of the build machines (ignored where absent); torch/torchvision pinned in
+# constraints.txt.
 UV_SOURCES := --find-links /opt/wheels --extra-index-url file:///opt/pypi/simple \
 	--extra-index-url file:///opt/pypi-more/simple --index-strategy unsafe-best-match
 DATA ?= ../shared/data
 RESULTS := benchmarks/results
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format quickstart clean bench-monuseg-supervised \
+.PHONY: help install test test-slow lint format quickstart bench-quickstart readme-table clean \
+	bench-monuseg-supervised \
 	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-monuseg-psm-holdout bench-postprocess bench-resolution \
 	bench-wsi bench-ssl \
 	sweep-ssl sweep-segment report
@@ -38,10 +40,10 @@ format: ## Format with ruff
 	$(BIN)/ruff check --fix protoseg tests benchmarks
 	$(BIN)/ruff format protoseg tests benchmarks
 
-quickstart: ## Train on the embedded sample, then predict it into runs/quickstart/predictions
-	$(BIN)/protoseg fit --config configs/quickstart.yaml
-	$(BIN)/protoseg predict --config configs/quickstart.yaml \
-		--ckpt_path runs/quickstart/checkpoints/last.ckpt --output_dir runs/quickstart/predictions
+# More arguments of the quick-start chain, e.g. QUICKSTART_ARGS=--trainer.precision=32-true
+QUICKSTART_ARGS ?=
+quickstart: ## Label-free chain on the embedded sample (~2 min CPU): PSM pseudo masks -> U-Net head -> runs/quickstart/predictions, scored by the crops' labels
+	$(BIN)/protoseg chain configs/chains/quickstart.yaml $(QUICKSTART_ARGS)
 
 clean: ## Remove runs/ and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache
@@ -68,34 +70,34 @@ bench-monuseg-colour: ## Label-free reference without a network: Otsu of hematox
 
 # trainer.accelerator of every stage of the label-free chains (gpu on a GPU machine).
 CHAIN_ACCELERATOR ?= cpu
-# More arguments of the chain benchmarks, e.g. CHAIN_ARGS=--resume to finish a run cut short.
+# More arguments of the chains, e.g. CHAIN_ARGS=--resume to finish a run cut short.
 CHAIN_ARGS ?=
+# $(call chain,CHAIN,RUN_DIR,RESULT): protoseg chain on the MoNuSeg training images.
+chain = $(BIN)/protoseg chain configs/chains/$(1).yaml --run_dir $(2) --output $(RESULTS)/$(3).json \
+	--data.root $(DATA)/monuseg/train --trainer.accelerator=$(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
+# $(call predict_test,CONFIG,RUN_DIR): the chain's head predicts the 14 MoNuSeg test images.
+define predict_test
+	$(BIN)/protoseg predict --config $(1) --trainer.accelerator=$(CHAIN_ACCELERATOR) \
+		--ckpt_path $(2)/segment/checkpoints/last.ckpt \
+		--data.root $(DATA)/monuseg/test --output_dir $(2)/test_predictions
+	@echo "instance maps written: $$(ls $(2)/test_predictions/*.png | grep -vc _overlay)"
+endef
 BENCH_PC := runs/bench_patchcontrast
-bench-monuseg-patchcontrast: ## Label-free chain: FCNN -> pseudo masks -> segmentation head on the 30 training images, then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
-	$(BIN)/python benchmarks/monuseg_patchcontrast.py --data-root $(DATA)/monuseg/train \
-		--run-dir $(BENCH_PC) --output $(RESULTS)/monuseg_patchcontrast.json \
-		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
-	$(BIN)/protoseg predict --config configs/patch_contrast/segment_monuseg.yaml \
-		--trainer.accelerator=$(CHAIN_ACCELERATOR) \
-		--ckpt_path $(BENCH_PC)/segment/checkpoints/last.ckpt \
-		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PC)/test_predictions
-	@echo "instance maps written: $$(ls $(BENCH_PC)/test_predictions/*.png | grep -vc _overlay)"
+bench-monuseg-patchcontrast: ## Label-free chain (configs/chains/monuseg_patchcontrast.yaml) on the 30 training images, then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
+	$(call chain,monuseg_patchcontrast,$(BENCH_PC),monuseg_patchcontrast)
+	$(call predict_test,configs/patch_contrast/segment_monuseg.yaml,$(BENCH_PC))
 
 BENCH_PSM := runs/bench_psm
-bench-monuseg-psm: ## Label-free chain: PSM -> pseudo masks -> centre detector -> segmentation head on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
-	$(BIN)/python benchmarks/monuseg_psm.py --data-root $(DATA)/monuseg/train \
-		--run-dir $(BENCH_PSM) --output $(RESULTS)/monuseg_psm.json \
-		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
-	$(BIN)/protoseg predict --config configs/psm/segment_monuseg.yaml \
-		--trainer.accelerator=$(CHAIN_ACCELERATOR) \
-		--ckpt_path $(BENCH_PSM)/segment/checkpoints/last.ckpt \
-		--data.root $(DATA)/monuseg/test --output_dir $(BENCH_PSM)/test_predictions
-	@echo "instance maps written: $$(ls $(BENCH_PSM)/test_predictions/*.png | grep -vc _overlay)"
+bench-monuseg-psm: ## Label-free chain (configs/chains/monuseg_psm.yaml) on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
+	$(call chain,monuseg_psm,$(BENCH_PSM),monuseg_psm)
+	$(call predict_test,configs/psm/segment_monuseg.yaml,$(BENCH_PSM))
 
 bench-monuseg-psm-holdout: ## Same chain on the seeded 24/6 split of bench-monuseg-supervised-holdout: every stage trains on 24 images, the figures are the 6 held out (<60 min, 2 CPU cores)
-	$(BIN)/python benchmarks/monuseg_psm.py --data-root $(DATA)/monuseg/train \
-		--run-dir runs/bench_psm_holdout --output $(RESULTS)/monuseg_psm_holdout.json \
-		--accelerator $(CHAIN_ACCELERATOR) --override=--data.init_args.val_fraction=0.2 $(CHAIN_ARGS)
+	$(call chain,monuseg_psm,runs/bench_psm_holdout,monuseg_psm_holdout) \
+		--data.init_args.val_fraction=0.2
+
+bench-quickstart: ## Time `make quickstart` (budget: 3 min on 2 CPU cores in float32: QUICKSTART_ARGS=--trainer.precision=32-true) into benchmarks/results/quickstart.json
+	$(BIN)/python benchmarks/quickstart.py --output $(RESULTS)/quickstart.json -- $(QUICKSTART_ARGS)
 
 bench-postprocess: ## The PSM head's post-processing of 8 training images x 3, in this process and in 1 / 2 worker processes (after bench-monuseg-psm; ~6 min, 2 CPU cores)
 	$(BIN)/python benchmarks/postprocess_pool.py --inputs $(BENCH_PSM)/split_inputs \
@@ -157,6 +159,10 @@ sweep-ssl: ## SSL sweep: SSL_METHODS x SSL_DATASETS x SEEDS into runs/sweeps/ssl
 sweep-segment: ## Segmentation-head sweep: SEG_CONFIGS x SEEDS into runs/sweeps/segment/ (SLURM=1: sbatch each)
 	$(foreach c,$(SEG_CONFIGS),$(foreach s,$(SEEDS),$(call \
 		sweep_run,configs/$(c).yaml,$(SWEEPS)/segment/$(subst /,_,$(c))_s$(s),$(s))$(newline)))
+
+readme-table: ## Regenerate the README's results table from the summary rows of benchmarks/results/*.json
+	$(BIN)/protoseg report --readme --results $(RESULTS) --published benchmarks/published.json \
+		--splice README.md
 
 report: ## One markdown table of benchmarks/results/*.json and the sweeps' last metrics (REPORT=file.csv for CSV)
 	$(BIN)/protoseg report --results $(RESULTS) $(if $(wildcard $(SWEEPS)),--runs $(SWEEPS)) $(if $(REPORT),--output $(REPORT))

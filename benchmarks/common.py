@@ -3,103 +3,20 @@ the date."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
-import platform
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from protoseg.io.images import write_text_atomic
-from protoseg.precision import cpu_has_native_bf16
+from protoseg.provenance import (  # noqa: F401 (the benchmarks' names for them)
+    CPU_LIMIT_VARIABLES,
+    cpu_model,
+    machine_info,
+    source_state,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-CPU_LIMIT_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")
-"""Environment variables that change how fast the same CPU runs a benchmark."""
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model and core count, memory, GPU model (if any), library versions, and the
-    :data:`CPU_LIMIT_VARIABLES` that are set (e.g. oneDNN held to AVX2 to time an older CPU)."""
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_limits": {k: os.environ[k] for k in CPU_LIMIT_VARIABLES if k in os.environ},
-    }
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        info["memory_gib"] = round(pages / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return info
-
-
-def source_state(root: Path = ROOT) -> dict[str, Any]:
-    """The git commit the benchmark ran from and whether tracked files other than
-    ``benchmarks/results`` (which benchmarks write) differed from it.
-
-    ``{"commit": None}`` when ``root`` is not the top of a git checkout (e.g. an unpacked
-    sdist, even inside someone else's repository) or git is missing.
-    """
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-        )
-        return done.stdout.strip()
-
-    try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
-            return {"commit": None}
-        commit = git("rev-parse", "HEAD")
-        modified = bool(
-            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None}
-    return {"commit": commit, "modified": modified}
-
-
-def write_result(path: str | Path, figures: dict[str, Any]) -> Path:
-    """Writes ``figures`` with command, source commit, machine and UTC date as JSON
-    (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": source_state(),
-        "machine": machine_info(),
-        **figures,
-    }
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-    return path
 
 
 def bench_overrides(

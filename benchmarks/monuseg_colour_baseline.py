@@ -35,6 +35,7 @@ from protoseg.modules.pseudo_masks import (  # noqa: E402
     otsu_threshold,
     refine_outlines_locally,
 )
+from protoseg.summary import SUMMARY_METRICS, rows_of, summary_row  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -89,6 +90,20 @@ def main() -> None:
         "wall_seconds": round(seconds, 1),
         "validation": rounded(metrics.compute()),
     }
+    name = "colour baseline: Otsu of hematoxylin density, distance split, no network"
+    if args.refine_pad is not None:
+        name = "colour baseline, each object redrawn at its neighbourhood's Otsu threshold"
+    figures["summary"] = [
+        summary_row(
+            name,
+            "none",
+            "fit",
+            rows_of(figures["validation"], SUMMARY_METRICS),
+            images=len(records),
+            data="/".join(Path(args.data_root).parts[-2:]),
+            wall_seconds=figures["wall_seconds"],
+        )
+    ]
     path = write_result(args.output, figures)
     print(f"wrote {path}: {figures['validation']}")
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import bench_overrides, fresh_run_dir, rounded, write_result  # noqa: E402
 from protoseg.cli import build_cli  # noqa: E402
+from protoseg.summary import SUMMARY_METRICS, rows_of, summary_row  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,6 +67,18 @@ def main() -> None:
         "validation": rounded(metrics),
         "checkpoint": checkpoint.as_posix(),
     }
+    figures["summary"] = [
+        summary_row(
+            "Supervised U-Net (resnet18, random init), its own 3-class split",
+            "full",
+            "held-out" if figures["validation_is_held_out"] else "fit",
+            rows_of(figures["validation"], SUMMARY_METRICS),
+            images=figures["val_images"],
+            data="/".join(Path(args.data_root).parts[-2:]),
+            wall_seconds=figures["train_wall_seconds"],
+            precision=str(cli.trainer.precision),
+        )
+    ]
     path = write_result(args.output, figures)
     print(f"wrote {path}: {figures['validation']} in {figures['train_wall_seconds']} s")
 

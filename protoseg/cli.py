@@ -32,7 +32,7 @@ from protoseg.precision import resolve_precision
 
 
 class ProtosegCLI(LightningCLI):
-    """LightningCLI with ``protoseg predict --output_dir DIR``.
+    """LightningCLI with ``protoseg predict --output_dir DIR [--geojson false]``.
 
     Models and datamodules are given in subclass mode (``class_path`` + ``init_args``), so any
     stage's module runs through the same four subcommands: fit, validate, test and predict.
@@ -49,6 +49,12 @@ class ProtosegCLI(LightningCLI):
                 default=None,
                 help="Folder for <stem>.png instance maps (tissue: class maps), overlays and "
                 "GeoJSON (default: <trainer.default_root_dir>/predictions).",
+            )
+            parser.add_argument(
+                "--geojson",
+                type=bool,
+                default=True,
+                help="Also write <stem>.geojson (false for pseudo masks that only train).",
             )
         return parser
 
@@ -143,7 +149,7 @@ class ProtosegCLI(LightningCLI):
         elif isinstance(classes, TissueClasses):  # a tissue dataset: class maps in its codes
             writer = ClassMapWriter(output_dir, classes)
         else:
-            writer = InstancePredictionWriter(output_dir)
+            writer = InstancePredictionWriter(output_dir, geojson=self.config.predict.geojson)
         self.trainer.callbacks.append(writer)
         print(f"protoseg: writing predictions to {Path(output_dir).resolve()}")
 
@@ -151,6 +157,14 @@ class ProtosegCLI(LightningCLI):
         """Predicts without holding every image's result in memory (the writer has them)."""
         kwargs["return_predictions"] = False
         self.trainer.predict(model, **kwargs)
+
+    def validate(self, model: L.LightningModule, **kwargs: Any) -> None:
+        """Validates, keeping the logged metrics in ``self.results`` (``protoseg chain``)."""
+        self.results = self.trainer.validate(model, **kwargs)
+
+    def test(self, model: L.LightningModule, **kwargs: Any) -> None:
+        """Tests, keeping the logged metrics in ``self.results`` (``protoseg chain``)."""
+        self.results = self.trainer.test(model, **kwargs)
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:

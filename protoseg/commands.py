@@ -53,6 +53,11 @@ COMMANDS: dict[str, Command] = {
         "write instance maps, overlays and GeoJSON of a folder or whole slides "
         "(--ckpt_path CKPT --output_dir DIR)",
     ),
+    "chain": Command(
+        "protoseg.chain",
+        "run the steps of a chain file (configs/chains/<name>.yaml) in order, resumable, "
+        "each step's time and figures in one JSON",
+    ),
     "score": Command(
         "protoseg.scoring",
         "score a folder of predicted instance maps against a root's labels (Dice, AJI, PQ)",

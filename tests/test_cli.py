@@ -18,9 +18,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def tiny_overrides(root: Path, run_dir: Path) -> list[str]:
-    """Shrinks the quick-start config to seconds: small net, few crops, one step."""
+    """Shrinks the supervised head config to seconds: small net, few crops, one step."""
     return [
-        f"--config={CONFIGS / 'quickstart.yaml'}",
+        f"--config={CONFIGS / 'monuseg' / 'segment.yaml'}",
         f"--data.root={root}",
         "--data.crop_size=32",
         "--data.crops_per_epoch=4",
@@ -148,7 +148,7 @@ def test_print_config_and_bad_config(tmp_path: Path) -> None:
             "-m",
             "protoseg.cli",
             "fit",
-            f"--config={CONFIGS / 'quickstart.yaml'}",
+            f"--config={CONFIGS / 'monuseg' / 'segment.yaml'}",
             "--print_config",
         ],
         capture_output=True,

@@ -16,8 +16,9 @@ from protoseg.modules.networks import UNet
 ROOT = Path(__file__).resolve().parents[1]
 # Section presets, passed beside a stage config (``--config configs/trainer/X.yaml``,
 # ``--data configs/wsi/X.yaml``), are not stage configs; the WSI data fragment runs end to end
-# in tests/callbacks/test_slide_writer.py.
-SECTION_PRESET_DIRS = ("trainer", "wsi")
+# in tests/callbacks/test_slide_writer.py. Chain files (configs/chains) are tested in
+# tests/test_chain.py.
+SECTION_PRESET_DIRS = ("trainer", "wsi", "chains")
 STAGE_CONFIGS = sorted(
     p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in SECTION_PRESET_DIRS
 )
@@ -27,7 +28,8 @@ TRAINER_PRESETS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 def test_every_config_is_listed() -> None:
     names = {p.relative_to(ROOT / "configs").as_posix() for p in STAGE_CONFIGS}
     assert {
-        "quickstart.yaml",
+        "quickstart/psm.yaml",
+        "quickstart/segment.yaml",
         "monuseg/segment.yaml",
         "patch_contrast/monuseg.yaml",
         "patch_contrast/segment_monuseg.yaml",

@@ -165,6 +165,16 @@ class PatchContrastModule(L.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def fit_figures(self) -> dict[str, Any]:
+        """The FCNN's size, the step it converged at (None: not within the run) and its last
+        separations, as ``protoseg chain`` records them."""
+        return {
+            "net_parameters": sum(p.numel() for p in self.net.parameters()),
+            "converged_at_step": self.converged_at_step,
+            "separation_positive": round(float(self.separation[0]), 4),
+            "separation_negative": round(float(self.separation[1]), 4),
+        }
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, K, H, W) for normalised images of any size."""
         logits = predict_tiled(self.net, images, self.hparams.tile_size, 32, 1)

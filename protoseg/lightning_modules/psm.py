@@ -160,6 +160,10 @@ class PSMModule(SSLModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def fit_figures(self) -> dict[str, Any]:
+        """The activation network's size, as ``protoseg chain`` records it."""
+        return {"backbone_parameters": sum(p.numel() for p in self.backbone.parameters())}
+
     def embed(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projection z and prediction p (B, D) from the backbone's maps (deepest pooled)."""
         z = self.projector(maps[-1].mean(dim=(2, 3)))

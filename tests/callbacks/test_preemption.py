@@ -27,7 +27,7 @@ MAX_STEPS = 6  # 4 steps per epoch: the signal at step 2 lands mid-epoch
 
 def fit_args(root: Path, run_dir: Path) -> list[str]:
     return [
-        f"--config={ROOT / 'configs' / 'quickstart.yaml'}",
+        f"--config={ROOT / 'configs' / 'monuseg' / 'segment.yaml'}",
         f"--data.root={root}",
         "--data.crop_size=32",
         "--data.crops_per_epoch=8",

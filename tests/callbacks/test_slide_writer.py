@@ -210,7 +210,7 @@ def test_cli_predicts_a_slide_with_the_shipped_config(nuclei_slide: Path, tmp_pa
     main(
         [
             "predict",
-            f"--config={ROOT / 'configs/quickstart.yaml'}",
+            f"--config={ROOT / 'configs/monuseg/segment.yaml'}",
             "--model.net.decoder_channels=[16,16,8,8,8]",
             f"--trainer.default_root_dir={tmp_path}",
             # the config's TensorBoard logger kept: the slide datamodule's tile_size must not

@@ -100,7 +100,7 @@ class StopAt(L.Callback):
 # protoseg's resume_sampler).
 @pytest.mark.parametrize("at_step", [2, 5], ids=["epoch0-mid", "epoch1-mid"])
 @pytest.mark.parametrize(
-    "config", ["patch_contrast/monuseg.yaml", "psm/monuseg.yaml", "quickstart.yaml"]
+    "config", ["patch_contrast/monuseg.yaml", "psm/monuseg.yaml", "monuseg/segment.yaml"]
 )
 def test_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(
     config: str, at_step: int, tiny_monuseg_root: Path, tmp_path: Path

@@ -1,0 +1,233 @@
+"""``protoseg chain``: chain files, the ledger of finished steps, and the shipped PSM chain on
+a tiny root, resumed midway."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protoseg.chain import LEDGER_NAME, ChainLedger, load_chain, main, plan
+from protoseg.io.errors import DataError
+from tests.conftest import MakeRoot
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAINS = sorted((ROOT / "configs" / "chains").glob("*.yaml"))
+SETTINGS = {"chain": "a.yaml", "steps": {"fit": ["--config=a.yaml"]}}
+
+
+def test_ledger_keeps_finished_steps_and_reruns_the_rest(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    calls: list[str] = []
+
+    def step(name: str) -> dict:
+        calls.append(name)
+        return {"seconds": 1.0, "name": name}
+
+    ledger = ChainLedger(run_dir, SETTINGS, resume=False)
+    ledger.run("fit", lambda: step("fit"))
+    ledger.run("masks", lambda: step("masks"))
+    # A step cut short: its half-written outputs are there, its record is not.
+    (run_dir / "head" / "partial").mkdir(parents=True)
+
+    resumed = ChainLedger(run_dir, SETTINGS, resume=True)
+    assert resumed.run("fit", lambda: step("fit again")) == {"seconds": 1.0, "name": "fit"}
+    resumed.run("head", lambda: step("head"), [run_dir / "head"])
+    assert calls == ["fit", "masks", "head"]
+    assert not (run_dir / "head").exists()
+    # "masks" was skipped over, so its record (made from the old "fit") is gone.
+    assert list(json.loads((run_dir / LEDGER_NAME).read_text())["steps"]) == ["fit", "head"]
+    assert resumed.kept == ["fit"]
+
+
+def test_ledger_refuses_to_resume_other_settings_or_a_broken_file(tmp_path: Path) -> None:
+    ChainLedger(tmp_path, SETTINGS, resume=False).run("fit", lambda: {"seconds": 1.0})
+    with pytest.raises(DataError, match="resume with the same ones"):
+        ChainLedger(tmp_path, {**SETTINGS, "chain": "b.yaml"}, resume=True)
+    (tmp_path / LEDGER_NAME).write_text('{"settings": ')
+    with pytest.raises(DataError, match=f"{LEDGER_NAME}: not a chain ledger"):
+        ChainLedger(tmp_path, SETTINGS, resume=True)
+
+
+def test_without_resume_the_folder_starts_empty(tmp_path: Path) -> None:
+    ChainLedger(tmp_path, SETTINGS, resume=False).run("fit", lambda: {"seconds": 1.0})
+    (tmp_path / "old.ckpt").write_text("x")
+    ledger = ChainLedger(tmp_path, SETTINGS, resume=False)
+    assert ledger.steps == {} and not (tmp_path / "old.ckpt").exists()
+
+
+@pytest.mark.parametrize("path", CHAINS, ids=lambda p: p.stem)
+def test_shipped_chains_load_and_name_existing_configs(path: Path) -> None:
+    chain = load_chain(path)
+    assert chain.results, "a shipped chain names the rows it reports"
+    for step in chain.steps:
+        for arg in step.args:
+            if arg.startswith("--config="):
+                assert (ROOT / arg.split("=", 1)[1]).is_file(), f"{step.name}: {arg}"
+
+
+def test_plan_prints_plain_commands_with_the_overrides_in_order(tmp_path: Path) -> None:
+    chain = load_chain(ROOT / "configs/chains/monuseg_psm.yaml", tmp_path / "run")
+    text = plan(chain, ["--data.root", "DATA"], {"head fit": ["--trainer.max_steps=3"]})
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert len(lines) == len(chain.steps)
+    head = lines[[s.name for s in chain.steps].index("head fit")]
+    run = (tmp_path / "run").as_posix()
+    assert head.startswith("protoseg fit --config=configs/psm/segment_monuseg.yaml ")
+    assert f"--data.pseudo_mask_dir={run}/pseudo_masks" in head
+    assert f"--model.init_args.postprocess.init_args.detector={run}/detector/checkpoints/last.ckpt" in head
+    # the file's overrides, then the command line's, then the step's own, then its folder
+    order = [
+        "--trainer.num_sanity_val_steps=0",
+        "--data.root DATA",
+        "--trainer.max_steps=3",
+        f"--trainer.default_root_dir={run}/segment",
+    ]
+    assert [head.index(arg) for arg in order] == sorted(head.index(arg) for arg in order)
+    assert "--trainer.max_steps=3" not in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("steps: []\n", "steps: expected a list of steps"),
+        ("steps:\n  - {name: a, command: fitt}\n", "step 1 (a): unknown command 'fitt'"),
+        ("steps:\n  - {name: a, command: fit, args: ['{nowhere}/x']}\n", "{nowhere} names no"),
+        ("steps:\n  - {name: a, command: fit, writes: x}\n", "writes: unknown artifact"),
+        ("stepz: []\n", "unknown keys ['stepz']"),
+        (
+            "steps:\n  - {name: a, command: fit}\nresults:\n  - {row: r, step: b}\n",
+            "results 1: unknown step 'b'",
+        ),
+    ],
+)
+def test_a_bad_chain_file_is_named(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(DataError, match=str(path)) as raised:
+        load_chain(path)
+    assert problem in str(raised.value)
+
+
+def test_a_missing_input_stops_the_chain_before_any_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "chain.yaml"
+    path.write_text(
+        "artifacts: {masks: '{run_dir}/masks', head: '{run_dir}/head'}\n"
+        "steps:\n"
+        "  - {name: head fit, command: fit, args: ['--data.pseudo_mask_dir={masks}'],"
+        " writes: head}\n"
+    )
+    assert main([str(path), "--run_dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'masks'}: step 'head fit' reads artifact 'masks'" in error
+
+
+def test_a_tool_step_runs_and_its_failure_stops_the_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "chain.yaml"
+    results = ROOT / "benchmarks" / "results"
+    path.write_text(
+        "steps:\n"
+        f"  - {{name: table, command: report, args: [--results, {results}, --columns, x]}}\n"
+        "  - {name: broken, command: report, args: [--results, '{run_dir}/none']}\n"
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main([str(path), "--run_dir", str(tmp_path / "run")])
+    assert stopped.value.code == 2
+    ledger = json.loads((tmp_path / "run" / LEDGER_NAME).read_text())
+    assert list(ledger["steps"]) == ["table"] and ledger["steps"]["table"]["command"] == "report"
+    assert "with --resume finishes the chain" in capsys.readouterr().err
+
+
+TINY = [
+    "--data.crop_size=64",
+    "--data.crops_per_epoch=4",
+    "--data.batch_size=2",
+    "--data.num_workers=0",
+    "--trainer.max_steps=2",
+    "--trainer.enable_progress_bar=false",
+]
+HEAD_IN_A_WORKER = "--step-arg=head fit=--model.init_args.postprocess_workers=1"
+
+
+def _psm_chain(data_root: Path, run_dir: Path, *extra: str) -> dict:
+    """The shipped PSM chain on a tiny root; its result JSON."""
+    chain = str(ROOT / "configs/chains/monuseg_psm.yaml")
+    args = [chain, "--run_dir", str(run_dir), f"--data.root={data_root}", *TINY, *extra]
+    assert main(args) == 0
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.*")}
+
+
+def _metrics(result: dict) -> dict:
+    return {name: step.get("metrics") for name, step in result["steps"].items()}
+
+
+def test_a_chain_resumed_after_its_stage_fit_ends_as_an_uninterrupted_one(
+    tmp_path: Path, make_monuseg_root: MakeRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resumed steps read the stage's last.ckpt, and the detector and head train again
+    from their own seeds; the result JSON carries the rows of the README's table."""
+    monkeypatch.chdir(ROOT)
+    data_root = make_monuseg_root(tmp_path / "monuseg", n_images=3, size=64)
+    run_dir = tmp_path / "run"
+    full = _psm_chain(data_root, run_dir, HEAD_IN_A_WORKER)
+    assert full["steps_from_earlier_runs"] == []
+    masks = _files(run_dir / "pseudo_masks")
+    assert {"img0.png", "img1.png", "img2.png"} <= set(masks)
+    assert not any(name.endswith(".geojson") for name in masks)
+    assert full["source"] and full["machine"]["cpu"] and full["command"].startswith("protoseg")
+    rows = full["summary"]
+    assert [(r["scored"], r["images"], r["labels"]) for r in rows] == [("fit", 3, "none")] * 2
+    assert set(rows[1]["metrics"]) == {"aji", "object_dice", "pq", "pixel_dice"}
+    assert rows[1]["metrics"]["aji"] == full["steps"]["head validation"]["metrics"]["aji"]
+
+    ledger = run_dir / LEDGER_NAME
+    saved = json.loads(ledger.read_text())
+    saved["steps"] = {"psm fit": saved["steps"]["psm fit"]}
+    ledger.write_text(json.dumps(saved))
+    resumed = _psm_chain(data_root, run_dir, HEAD_IN_A_WORKER, "--resume")
+    assert resumed["steps_from_earlier_runs"] == ["psm fit"]
+    assert _metrics(resumed) == _metrics(full)
+    assert _files(run_dir / "pseudo_masks") == masks
+    assert resumed["steps"]["psm fit"]["steps"] == resumed["steps"]["head fit"]["steps"] == 2
+
+    # Other arguments are not the chain the ledger recorded.
+    chain = str(ROOT / "configs/chains/monuseg_psm.yaml")
+    assert main([chain, "--run_dir", str(run_dir), f"--data.root={data_root}", "--resume"]) == 2
+
+
+def test_a_chain_runs_on_images_without_labels(
+    tmp_path: Path, make_monuseg_root: MakeRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Your own folder: every step runs, and the validations, with nothing to score, record
+    no metrics."""
+    monkeypatch.chdir(ROOT)
+    data_root = make_monuseg_root(tmp_path / "own", n_images=2, size=64, labels=())
+    result = _psm_chain(data_root, tmp_path / "run")
+    checks = [name for name in result["steps"] if name.endswith("validation")]
+    assert checks == ["psm validation", "detector validation", "head validation"]
+    assert all(result["steps"][name]["metrics"] is None for name in checks)
+    assert {"img0.png", "img1.png"} <= set(_files(tmp_path / "run" / "pseudo_masks"))
+    assert [row["metrics"] for row in result["summary"]] == [None, None]
+
+
+def test_a_chain_on_a_split_scores_the_held_out_images_only(
+    tmp_path: Path, make_monuseg_root: MakeRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stage trains on the same images; the validations score the others."""
+    monkeypatch.chdir(ROOT)
+    data_root = make_monuseg_root(tmp_path / "monuseg", n_images=3, size=64)
+    result = _psm_chain(data_root, tmp_path / "run", "--data.init_args.val_fraction=0.34")
+    fits = [result["steps"][f"{name} fit"]["split"] for name in ("psm", "detector", "head")]
+    assert fits == [{"train_images": 2, "val_images": 1, "held_out": True}] * 3
+    assert [(r["scored"], r["images"]) for r in result["summary"]] == [("held-out", 1)] * 2
+    # the pseudo masks cover every image, the held-out one included
+    assert {"img0.png", "img1.png", "img2.png"} <= set(_files(tmp_path / "run" / "pseudo_masks"))
