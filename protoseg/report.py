@@ -184,11 +184,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--columns", default=None, help="comma-separated fnmatch patterns")
     parser.add_argument("--format", choices=("markdown", "csv"), default=None)
     parser.add_argument("--output", default=None, help="file (default: stdout); .csv -> CSV")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="the README's results table instead: the summary rows of the results' JSON "
+        "files and of --published, grouped into fit / held-out / test",
+    )
+    parser.add_argument(
+        "--published",
+        default=None,
+        help="with --readme: a JSON file of published figures' summary rows",
+    )
+    parser.add_argument(
+        "--splice",
+        default=None,
+        metavar="FILE",
+        help="with --readme: write the table into FILE between its results-table markers",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     fmt = args.format or ("csv" if str(args.output).endswith(".csv") else "markdown")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
-        text = report(None if args.no_results else args.results, args.runs, columns, fmt)
+        if args.readme:
+            from protoseg.summary import readme_table, splice
+
+            link_root = Path(args.splice).parent if args.splice else Path(".")
+            text = readme_table(args.results, args.published, link_root)
+            if args.splice:
+                path = Path(args.splice)
+                write_text_atomic(path, splice(path.read_text(), text, str(path)))
+                return 0
+        else:
+            text = report(None if args.no_results else args.results, args.runs, columns, fmt)
     except DataError as error:
         parser.error(str(error))
     if args.output is None:
