@@ -76,7 +76,8 @@ def test_plan_prints_plain_commands_with_the_overrides_in_order(tmp_path: Path) 
     run = (tmp_path / "run").as_posix()
     assert head.startswith("protoseg fit --config=configs/psm/segment_monuseg.yaml ")
     assert f"--data.pseudo_mask_dir={run}/pseudo_masks" in head
-    assert f"--model.init_args.postprocess.init_args.detector={run}/detector/checkpoints/last.ckpt" in head
+    detector = f"{run}/detector/checkpoints/last.ckpt"
+    assert f"--model.init_args.postprocess.init_args.detector={detector}" in head
     # the file's overrides, then the command line's, then the step's own, then its folder
     order = [
         "--trainer.num_sanity_val_steps=0",
