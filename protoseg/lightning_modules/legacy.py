@@ -63,7 +63,14 @@ def legacy_postprocess(hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_legacy(hparams: dict[str, Any]) -> bool:
-    """Whether hyperparameters hold the old flags rather than a ``postprocess`` part."""
+    """Whether hyperparameters hold the old flags rather than a ``postprocess`` part.
+
+    Those of another module (``_class_path``, as LightningCLI saves it, not a
+    ``SegmentationModule``) never are: a PSM stage's ``min_area`` is its own.
+    """
+    class_path = hparams.get("_class_path")
+    if isinstance(class_path, str) and not class_path.endswith(".SegmentationModule"):
+        return False
     return "postprocess" not in hparams and any(flag in hparams for flag in LEGACY_FLAGS)
 
 

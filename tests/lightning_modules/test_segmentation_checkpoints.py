@@ -186,3 +186,14 @@ def test_protoseg_validate_reads_an_old_checkpoint(
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     (expected,) = trainer.validate(module, datamodule=data)
     assert figures == pytest.approx(expected, abs=0)
+
+
+def test_another_stage_s_settings_are_not_read_as_a_head_s() -> None:
+    """A PSM checkpoint's own min_area / min_distance stay its own (protoseg validate and the
+    chain's pseudo masks read it with --ckpt_path)."""
+    from protoseg.lightning_modules.legacy import upgrade_segmentation_hparams
+
+    psm = {"_class_path": "protoseg.lightning_modules.psm.PSMModule", "min_area": 30}
+    assert upgrade_segmentation_hparams(psm) is None and psm["min_area"] == 30
+    head = {"_class_path": "protoseg.lightning_modules.segmentation.SegmentationModule"}
+    assert upgrade_segmentation_hparams({**head, "min_area": 30}) == "ThreeClassWatershed"
