@@ -35,8 +35,9 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and core count, memory, GPU model (if any), library versions, and the
-    :data:`CPU_LIMIT_VARIABLES` that are set (e.g. oneDNN held to AVX2 to time an older CPU)."""
+    """CPU model and core count, memory, GPU model (if any), library versions, the
+    :data:`CPU_LIMIT_VARIABLES` that are set (e.g. oneDNN held to AVX2 to time an older CPU)
+    and the load average."""
     import torch
 
     from protoseg.precision import cpu_has_native_bf16
@@ -52,6 +53,10 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_limits": {k: os.environ[k] for k in CPU_LIMIT_VARIABLES if k in os.environ},
     }
+    if hasattr(os, "getloadavg"):
+        # Runnable processes over the last 5 minutes: above the core count, others shared the
+        # machine and the times are not the machine's own.
+        info["load_average_5min"] = round(os.getloadavg()[1], 1)
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages / 2**30, 1)

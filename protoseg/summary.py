@@ -102,8 +102,13 @@ def _run(record: dict[str, Any], row: dict[str, Any]) -> str:
     if device and machine.get("cpu_cores") and not machine.get("gpu"):
         device += f" ({machine['cpu_cores']} cores)"
     precision = {"bf16-mixed": "bf16", "32-true": "float32"}.get(row.get("precision") or "")
+    load = machine.get("load_average_5min")
+    shared = None
+    if load is not None and load > 1.5 * (machine.get("cpu_cores") or 1):
+        shared = f"shared, load {load:.0f}"
     commit = (record.get("source") or {}).get("commit")
-    parts = [device, precision, str(record.get("date", ""))[:10], commit[:7] if commit else None]
+    date = str(record.get("date", ""))[:10]
+    parts = [device, precision, shared, date, commit[:7] if commit else None]
     return ", ".join(p for p in parts if p)
 
 

@@ -22,7 +22,7 @@ def _write(folder: Path, name: str, record: dict) -> None:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     folder = tmp_path / "results"
-    machine = {"cpu": "AMD EPYC", "cpu_cores": 2, "gpu": None}
+    machine = {"cpu": "AMD EPYC", "cpu_cores": 2, "gpu": None, "load_average_5min": 15.3}
     source = {"commit": "0123456789abcdef"}
     _write(
         folder,
@@ -57,7 +57,8 @@ def test_rows_are_grouped_fit_held_out_test_with_their_machine_and_source(
     assert [lines[i].split("**")[1] for i in headings] == list(SCORED.values())
     fit, held, test = (lines[i + 1] for i in headings)
     assert fit.startswith("| fit head | none | 30 | AJI 0.510 | 21.7 min |")
-    run = "AMD EPYC (2 cores), bf16, 2026-12-06, 0123456"
+    # a machine others loaded says so: its times are not its own
+    run = "AMD EPYC (2 cores), bf16, shared, load 15, 2026-12-06, 0123456"
     assert fit.endswith(f"| {run} | [b_chain.json](results/b_chain.json) |")
     # named metrics first in their display order, whatever the row's order
     assert held.startswith("| held head | none | 6 (x/train) | AJI 0.500 · PQ 0.400 |")
