@@ -23,11 +23,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from protoseg.datamodules.monuseg import ImageStore, find_records
 from protoseg.io.errors import DataError
 from protoseg.io.images import read_instance_png, write_text_atomic
-from protoseg.metrics.functional import nuclei_scores
-from protoseg.metrics.nuclei import METRIC_NAMES
+from protoseg.metrics.functional import METRIC_NAMES, nuclei_scores
 
 
 def _mean_scores(per_image: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -59,6 +57,9 @@ def score_predictions(
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise DataError(f"{predictions}: predictions folder does not exist")
+    # Read here, not at import: `protoseg score --help` answers without torch and Lightning.
+    from protoseg.datamodules.monuseg import ImageStore, find_records
+
     records = [r for r in find_records(root, label_source) if r.label_path is not None]
     if not records:
         raise DataError(f"{root}: no labelled images (label_source={label_source!r})")

@@ -34,7 +34,7 @@ def test_help_lists_every_command_with_its_description_without_importing_torch()
     assert done.stdout.splitlines()[-1] == "loaded []"
 
 
-@pytest.mark.parametrize("tool", ["report", "slurm", "chain"])
+@pytest.mark.parametrize("tool", ["report", "slurm", "chain", "score"])
 def test_tools_answer_help_without_lightning(tool: str) -> None:
     done = _probe(tool, "--help")
     assert f"usage: protoseg {tool}" in done.stdout

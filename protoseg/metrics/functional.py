@@ -32,6 +32,9 @@ __all__ = [
 
 # Labels below this are relabelled through a bincount lookup table (O(pixels), at most 8 MB);
 # larger ids (e.g. hashed or 64-bit ids) fall back to a sort with np.unique.
+#: The figures of :func:`nuclei_scores`, in the order tables list them.
+METRIC_NAMES: tuple[str, ...] = ("pixel_dice", "pixel_iou", "object_dice", "aji", "dq", "sq", "pq")
+
 _DENSE_LABEL_LIMIT = 1 << 20
 
 

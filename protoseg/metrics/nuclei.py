@@ -8,9 +8,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from protoseg.metrics.functional import check_iou_threshold, nuclei_scores
-
-METRIC_NAMES: tuple[str, ...] = ("pixel_dice", "pixel_iou", "object_dice", "aji", "dq", "sq", "pq")
+from protoseg.metrics.functional import METRIC_NAMES, check_iou_threshold, nuclei_scores
 
 InstanceMaps = torch.Tensor | Sequence[torch.Tensor]
 
