@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import rounded, write_result  # noqa: E402
-from protoseg.datamodules.monuseg import ImageStore, find_records  # noqa: E402
+from protoseg.data.records import find_records  # noqa: E402
+from protoseg.data.store import ImageStore  # noqa: E402
 from protoseg.io.errors import DataError  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.modules.pseudo_masks import (  # noqa: E402

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import fresh_run_dir, timed, write_result  # noqa: E402
 from protoseg.cli import main as protoseg  # noqa: E402
-from protoseg.datamodules.monuseg import ImageStore, find_records  # noqa: E402
+from protoseg.data.records import find_records  # noqa: E402
+from protoseg.data.store import ImageStore  # noqa: E402
 from protoseg.io.images import write_png_atomic  # noqa: E402
 from protoseg.scoring import score_predictions  # noqa: E402
 

@@ -58,7 +58,8 @@ def score_predictions(
     if not predictions.is_dir():
         raise DataError(f"{predictions}: predictions folder does not exist")
     # Read here, not at import: `protoseg score --help` answers without torch and Lightning.
-    from protoseg.datamodules.monuseg import ImageStore, find_records
+    from protoseg.data.records import find_records
+    from protoseg.data.store import ImageStore
 
     records = [r for r in find_records(root, label_source) if r.label_path is not None]
     if not records:

@@ -45,4 +45,4 @@ def test_albumentations_alone_would_ask_pypi_for_updates() -> None:
 
 
 def test_importing_protoseg_opens_no_url() -> None:
-    assert _urls_opened("protoseg.datamodules.transforms") == 0
+    assert _urls_opened("protoseg.data.transforms") == 0

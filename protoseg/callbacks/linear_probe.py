@@ -14,8 +14,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from protoseg.datamodules.monuseg import ImageRecord, MoNuSegDataModule
-from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from protoseg.data.records import ImageRecord
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.io.errors import DataError
 from protoseg.modules.linear_probe import DenseFeatures, linear_probe_dice
 

@@ -22,15 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from protoseg.datamodules.monuseg import ImageRecord, ImageStore, WholeImageDataset
-from protoseg.datamodules.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EpochSeedSampler,
-    RandomCropDataset,
-    normalize,
-    train_transform,
-)
+from protoseg.data.datasets import RandomCropDataset, WholeImageDataset
+from protoseg.data.records import ImageRecord
+from protoseg.data.samplers import EpochSeedSampler
+from protoseg.data.store import ImageStore
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, train_transform
 from protoseg.io.errors import DataError
 
 SPLITS = ("train", "validation", "test")

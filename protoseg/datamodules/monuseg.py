@@ -2,293 +2,57 @@
 
 A root holds ``images/*.tif|*.tiff|*.png|*.jpg|*.jpeg`` and, optionally,
 ``annotations_xml/<stem>.xml`` (Aperio polygons) and/or ``labels/<stem>.png`` (instance maps),
-as the MoNuSeg release does. Images at another resolution than the models' are resampled to
-it as they are read (``image_mpp``).
+as the MoNuSeg release does (:mod:`protoseg.data.records`). Images at another resolution than
+the models' are resampled to it as they are read (``image_mpp``).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from protoseg.datamodules.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from protoseg.data.datasets import (
     RandomCropDataset,
-    SameSizeBatchSampler,
+    WholeImageDataset,
     collate_whole_images,
-    epoch_seed_sampler,
-    evaluation_sampler,
-    normalize,
-    train_transform,
+    requested_crop_targets,
 )
-from protoseg.io.aperio_xml import rasterize_polygons, read_aperio_polygons
+from protoseg.data.records import ImageRecord, find_records, find_unlabelled, split_stems
+from protoseg.data.samplers import SameSizeBatchSampler, epoch_seed_sampler, evaluation_sampler
+from protoseg.data.store import ImageStore
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from protoseg.io.errors import DataError
-from protoseg.io.images import image_size, read_instance_png, read_rgb
-from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb, scale_points
+from protoseg.io.images import image_size
+from protoseg.io.resample import resampled_shape
 from protoseg.memory import available_memory
 
 # Without true labels val_dataloader returns [] on purpose (no validation); Lightning warns
 # about every such empty list, which reads as a fault on a folder of your own images.
 warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
 
-# JPEG too: tiles exported by slide viewers often are (lossy, but the models train on it).
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-LabelFormat = Literal["xml", "png"]
-# Folder and suffix of each annotation format; "auto" prefers the official XML polygons,
-# which the data README recommends for evaluation.
-ANNOTATION_FOLDERS: dict[LabelFormat, str] = {"xml": "annotations_xml", "png": "labels"}
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image of a root and the annotation its labels come from (None: unlabelled)."""
-
-    stem: str
-    image_path: Path
-    label_path: Path | None = None
-    label_format: LabelFormat | None = None
-
-
-def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in suffixes:
-            continue
-        if path.stem in files:
-            raise DataError(f"{path}: same stem as {files[path.stem]}")
-        files[path.stem] = path
-    return files
-
-
-def _image_files(folder: Path, what: str) -> dict[str, Path]:
-    """A folder's images by stem; ``what`` names the folder in the errors."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: {what} does not exist")
-    images = _files(folder, IMAGE_SUFFIXES)
-    if not images:
-        listed = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
-        raise DataError(f"{folder}: no images ({listed})")
-    return images
-
-
-def find_records(
-    root: str | Path, label_source: Literal["auto", "xml", "png", "none"] = "auto"
-) -> list[ImageRecord]:
-    """Lists a root's images, sorted by stem, with the annotation each is labelled by.
-
-    ``xml`` / ``png`` read that folder only; ``auto`` takes ``annotations_xml/<stem>.xml``
-    where it exists, else ``labels/<stem>.png``, and no labels when neither folder exists;
-    ``none`` ignores annotations. With annotations, every image needs one and every
-    annotation file needs its image (MoNuSeg's train root: 30 PNGs, 13 XMLs, all covered).
-
-    Raises:
-        DataError: missing or empty images folder, a missing annotation folder for ``xml``
-            or ``png``, an image without annotation or an annotation without image.
-    """
-    if label_source not in ("auto", "xml", "png", "none"):
-        raise ValueError(f"label_source must be auto, xml, png or none, not {label_source!r}")
-    root = Path(root)
-    image_dir = root / "images"
-    images = _image_files(image_dir, "images folder")
-    formats: tuple[LabelFormat, ...] = ("xml", "png") if label_source == "auto" else ()
-    if label_source in ("xml", "png"):
-        formats = (label_source,)
-    annotations: dict[LabelFormat, dict[str, Path]] = {}
-    for fmt in formats:
-        folder = root / ANNOTATION_FOLDERS[fmt]
-        if folder.is_dir():
-            annotations[fmt] = _files(folder, (f".{fmt}",))
-        elif label_source != "auto":
-            raise DataError(f"{folder}: annotation folder does not exist (label_source={fmt!r})")
-    for files in annotations.values():
-        for stem, path in files.items():
-            if stem not in images:
-                raise DataError(f"{path}: annotation without image (no {image_dir}/{stem}.*)")
-    records = []
-    for stem, image_path in images.items():
-        found = [(fmt, files[stem]) for fmt, files in annotations.items() if stem in files]
-        if annotations and not found:
-            expected = " or ".join(
-                f"{root / ANNOTATION_FOLDERS[fmt] / stem}.{fmt}" for fmt in annotations
-            )
-            raise DataError(f"{image_path}: no annotation (expected {expected})")
-        fmt, label_path = found[0] if found else (None, None)
-        records.append(ImageRecord(stem, image_path, label_path, fmt))
-    return records
-
-
-def find_unlabelled(folders: list[str | Path], taken: set[str]) -> list[ImageRecord]:
-    """The images of further folders as unlabelled records, sorted by stem.
-
-    Raises:
-        DataError: a missing or empty folder, or a stem that is in ``taken`` (the root's
-            stems) or in two folders: pseudo masks are written and found by stem.
-    """
-    seen = {stem: Path("the root") for stem in taken}
-    records = []
-    for folder in map(Path, folders):
-        for stem, path in _image_files(folder, "unlabelled image folder").items():
-            if stem in seen:
-                raise DataError(f"{path}: same stem as an image of {seen[stem]}")
-            seen[stem] = folder
-            records.append(ImageRecord(stem, path))
-    return sorted(records, key=lambda record: record.stem)
-
-
-def split_stems(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Image-wise train/val split: a seeded permutation of the sorted stems.
-
-    ``round(val_fraction * n)`` images (at least 1) go to validation. ``val_fraction == 0``
-    returns all stems for both: validation then measures fit, not held-out performance.
-    """
-    stems = sorted(stems)
-    if val_fraction == 0:
-        return stems, stems
-    n_val = max(1, round(val_fraction * len(stems)))
-    if n_val >= len(stems):
-        raise ValueError(f"val_fraction={val_fraction} leaves no training image among {len(stems)}")
-    order = np.random.default_rng(seed).permutation(len(stems))
-    val = {stems[i] for i in order[:n_val]}
-    return [s for s in stems if s not in val], [s for s in stems if s in val]
-
-
-class ImageStore:
-    """Reads images and instance maps; :meth:`keep` holds chosen ones decoded in memory.
-
-    Instance maps from XML are rasterised to the image size; PNG maps must match it. With
-    ``scale`` other than 1 both are resampled by it (images with an area filter or
-    bilinearly, XML polygons drawn on the finer or coarser grid, PNG maps by nearest
-    neighbour; :mod:`protoseg.io.resample`), except the maps asked for ``native``: those stay
-    at the image file's resolution, the one validation scores at. Kept maps are uint16 where
-    the ids fit (a 1000 px MoNuSeg image: 3 MB + 2 MB). Only what :meth:`keep` loaded stays:
-    one-pass test and predict reads are not held.
-
-    Args:
-        scale: factor every image and map is resized by (image µm/px over the models' µm/px).
-    """
-
-    def __init__(self, scale: float = 1.0) -> None:
-        if scale <= 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        self.scale = scale
-        self._images: dict[Path, np.ndarray] = {}
-        # Keyed by (label file, native): a map at the models' and at the file's resolution.
-        self._labels: dict[tuple[Path, bool], np.ndarray] = {}
-
-    def __len__(self) -> int:
-        """Number of images held in memory."""
-        return len(self._images)
-
-    def label_key(self, path: Path | None, native: bool) -> tuple[Path | None, bool]:
-        """Where the map of label file ``path`` is kept: native maps are maps of their own
-        only when this store resamples (at scale 1 both are the file's)."""
-        return path, native and self.scale != 1
-
-    def image(self, path: Path) -> np.ndarray:
-        """(H, W, 3) uint8, resampled by ``scale``."""
-        if path in self._images:
-            return self._images[path]
-        image = read_rgb(path)
-        return resize_rgb(image, resampled_shape(image.shape[:2], self.scale))
-
-    def instances(
-        self, path: Path, fmt: LabelFormat, shape: tuple[int, int], native: bool = False
-    ) -> np.ndarray:
-        """Instance ids (uint16 or int32) for an image file of ``shape`` (H, W), resampled by
-        ``scale`` as the image is, or at ``shape`` itself when ``native``."""
-        key = self.label_key(path, native)
-        if key in self._labels:
-            return self._labels[key]
-        scale = 1.0 if native else self.scale
-        target = resampled_shape(shape, scale)
-        if fmt == "xml":
-            polygons = read_aperio_polygons(path)
-            if scale != 1:
-                polygons = [scale_points(vertices, scale) for vertices in polygons]
-            instances = rasterize_polygons(polygons, target)
-        else:
-            instances = read_instance_png(path)
-            if instances.shape != shape:
-                raise DataError(f"{path}: label shape {instances.shape} != image shape {shape}")
-            instances = resize_nearest(instances, target)
-        if instances.max(initial=0) <= np.iinfo(np.uint16).max:
-            instances = instances.astype(np.uint16)
-        return instances
-
-    def load(
-        self, record: ImageRecord, native: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image and, when the record is labelled, its instance map (at the image file's
-        resolution when ``native``, else at the image's)."""
-        image = self.image(record.image_path)
-        if record.label_path is None or record.label_format is None:
-            return image, None
-        key = self.label_key(record.label_path, native)
-        if key in self._labels:  # every training crop: no header read
-            return image, self._labels[key]
-        shape = image.shape[:2] if self.scale == 1 else image_size(record.image_path)
-        return image, self.instances(record.label_path, record.label_format, shape, native)
-
-    def keep(self, record: ImageRecord, native: bool = False) -> None:
-        """Loads a record (checking its files) and holds its arrays in memory."""
-        image, instances = self.load(record, native)
-        self._images[record.image_path] = image
-        if instances is not None and record.label_path is not None:
-            self._labels[self.label_key(record.label_path, native)] = instances
-
-
-class WholeImageDataset(Dataset):
-    """Whole normalised images: ``image`` (3, H, W) float32, ``stem``, ``path`` and, for
-    labelled records when ``with_labels``, ``instances`` (H, W) int64, at the image file's
-    own resolution (which a resampling store's images are not at)."""
-
-    def __init__(
-        self,
-        records: list[ImageRecord],
-        store: ImageStore,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        with_labels: bool = True,
-    ) -> None:
-        self.records = records
-        self.store = store
-        self.mean = mean
-        self.std = std
-        self.with_labels = with_labels
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        if self.with_labels:
-            image, instances = self.store.load(record, native=True)
-        else:
-            image, instances = self.store.image(record.image_path), None
-        item: dict[str, Any] = {
-            "image": normalize(image, self.mean, self.std),
-            "stem": record.stem,
-            "path": str(record.image_path),
-        }
-        if instances is not None:
-            item["instances"] = torch.from_numpy(instances.astype(np.int64))
-        return item
+# The names this module held before the data core was split out of it (protoseg.data).
+__all__ = [
+    "ImageRecord",
+    "ImageStore",
+    "MoNuSegDataModule",
+    "WholeImageDataset",
+    "find_records",
+    "find_unlabelled",
+    "split_stems",
+]
 
 
 class MoNuSegDataModule(L.LightningDataModule):
     """MoNuSeg-layout root: training crops, whole-image validation, test and prediction.
 
     Training batches: ``image`` float32 (B, 3, h, w) normalised, ``target`` int64 (B, h, w)
-    with :mod:`~protoseg.datamodules.targets` classes and ``instances`` int64 (B, h, w)
+    with :mod:`~protoseg.data.targets` classes and ``instances`` int64 (B, h, w)
     (ids of the source image); only ``image`` where a training image has neither labels nor
     a pseudo mask.
     Validation / test batches hold one whole image: ``image`` (1, 3, H, W), ``instances``
@@ -478,7 +242,15 @@ class MoNuSegDataModule(L.LightningDataModule):
                 train = [ImageRecord(r.stem, r.image_path) for r in train]
             hp = self.hparams
             transform = train_transform(hp.crop_size, self.mean, self.std, hp.scale_jitter)
-            self.train_dataset = RandomCropDataset(train, self.store, hp.crops_per_epoch, transform)
+            # What the module asks each crop to carry (e.g. the centre detector's targets),
+            # built in the loader's workers.
+            self.train_dataset = RandomCropDataset(
+                train,
+                self.store,
+                hp.crops_per_epoch,
+                transform,
+                requested_crop_targets(self.trainer),
+            )
         if stage in ("fit", "validate"):
             self.val_dataset = self._whole(self.val_records) if self.val_records else None
             # Training crops read labels at the models' resolution, validation at the files'.

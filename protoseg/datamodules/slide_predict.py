@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from protoseg.datamodules.wsi import find_slides
 from protoseg.io.errors import DataError
 from protoseg.io.wsi import open_slide, read_region_at_mpp, slide_mpp, tissue_fractions, tissue_mask

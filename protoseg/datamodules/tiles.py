@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from protoseg.datamodules.transforms import PAD_FILL, epoch_seed_sampler
+from protoseg.data.samplers import epoch_seed_sampler
+from protoseg.data.transforms import PAD_FILL
 from protoseg.io.errors import DataError
 from protoseg.io.images import read_rgb
 

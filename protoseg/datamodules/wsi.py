@@ -14,7 +14,7 @@ import openslide
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from protoseg.datamodules.transforms import epoch_seed_sampler
+from protoseg.data.samplers import epoch_seed_sampler
 from protoseg.io.errors import DataError
 from protoseg.io.wsi import open_slide, read_region_at_mpp, slide_mpp, tissue_mask, tissue_tile_grid
 
@@ -96,7 +96,7 @@ class WSITileDataset(Dataset):
     the candidate and a jitter of up to half a tile, so tiles are not always on the grid.
 
     Items: ``image`` (3, tile_size, tile_size) float32 RGB in [0, 1], not normalised.
-    Feed it seeds from :class:`~protoseg.datamodules.transforms.EpochSeedSampler`. Slides
+    Feed it seeds from :class:`~protoseg.data.samplers.EpochSeedSampler`. Slides
     are opened on first use in each process and kept open there; the handles are never
     pickled or shared with forked workers.
     """

@@ -28,12 +28,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from protoseg.datamodules.transforms import (
+from protoseg.data.datasets import collate_whole_images
+from protoseg.data.samplers import epoch_seed_sampler, evaluation_sampler
+from protoseg.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    collate_whole_images,
-    epoch_seed_sampler,
-    evaluation_sampler,
     normalize,
     seed_transform,
     train_transform,

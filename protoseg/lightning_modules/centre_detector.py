@@ -21,7 +21,6 @@ from lightning.pytorch.cli import OptimizerCallable
 from skimage.morphology import dilation, disk
 from torch import nn
 
-from protoseg.datamodules.transforms import RandomCropDataset
 from protoseg.io.resample import points_to_shape
 from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.evaluation import (
@@ -71,11 +70,11 @@ class CentreDetectorModule(L.LightningModule):
     Training batches need ``image`` (B, 3, h, w) and ``instances`` (B, h, w) — the crops of
     :class:`~protoseg.datamodules.monuseg.MoNuSegDataModule`, on pseudo masks or true labels;
     targets are built per crop (:class:`~protoseg.modules.centre_targets.CentreTargets`), so
-    objects cut by a crop's edge are left out. On an accelerator a datamodule whose
-    ``train_dataset`` is a :class:`~protoseg.datamodules.transforms.RandomCropDataset`
-    builds them in its DataLoader workers, beside the network (``loader_targets``; the
-    targets of a batch of 8 crops of 224 px take ~0.08 s of one CPU core, and two workers
-    deliver 13.8 such batches a second); otherwise the training step builds them. Validation
+    objects cut by a crop's edge are left out. On an accelerator the datamodule builds them in
+    its DataLoader workers, beside the network, as this module asks
+    (:meth:`loader_crop_targets`; the targets of a batch of 8 crops of 224 px take ~0.08 s
+    of one CPU core, and two workers deliver 13.8 such batches a second); otherwise the
+    training step builds them. Validation
     scores the heatmap's peaks against the centroids of the true nuclei (detection
     precision / recall / F1 within ``radius`` px) and logs them over the image. Prediction
     writes one small disc per detected centre.
@@ -168,15 +167,17 @@ class CentreDetectorModule(L.LightningModule):
         channels_last_under_ddp(self, stage)  # before the DDP wrap (ddp_layout.py)
         if stage == "fit":
             require_labelled_crops(self.trainer, "CentreDetectorModule")
-        # The datamodule's setup has built its crop dataset and no loader has started its
-        # workers yet: given the targets' description, the dataset builds them there.
-        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
-        if stage != "fit" or not isinstance(dataset, RandomCropDataset):
-            return
+
+    def loader_crop_targets(self) -> CentreTargets | None:
+        """The targets each training crop should carry, built in the training loader's
+        workers (:func:`~protoseg.data.datasets.requested_crop_targets`, which the datamodule
+        reads as it builds its crops), or None to build them in the training step: by
+        ``loader_targets``, or by default on an accelerator only."""
         in_loader = self.hparams.loader_targets
         if in_loader is None:
-            in_loader = not isinstance(self.trainer.accelerator, CPUAccelerator)
-        dataset.crop_targets = self.crop_targets if in_loader else None
+            trainer = self._trainer
+            in_loader = trainer is not None and not isinstance(trainer.accelerator, CPUAccelerator)
+        return self.crop_targets if in_loader else None
 
     def _targets(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The batch's targets: those its loader built, else built here from its crops."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from protoseg.datamodules.transforms import RandomCropDataset
+from protoseg.data.datasets import RandomCropDataset
 from protoseg.io.errors import DataError
 from protoseg.io.resample import resize_nearest
 from protoseg.metrics import NucleiMetrics

@@ -7,7 +7,7 @@ steps; on a GPU, whose step of the same network takes ~0.04 s, it likely bounds 
 detector (not yet measured there).
 :class:`CentreTargets` is a picklable, frozen description of the targets, so the training
 dataset's DataLoader workers can build them beside the network
-(:class:`~protoseg.datamodules.transforms.RandomCropDataset` ``crop_targets``).
+(:class:`~protoseg.data.datasets.RandomCropDataset` ``crop_targets``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from skimage.measure import regionprops
 from skimage.morphology import disk, remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
-from protoseg.datamodules.targets import BACKGROUND, INSIDE
+from protoseg.data.targets import BACKGROUND, INSIDE
 from protoseg.modules.centre_votes import votes_inside
 
 
@@ -28,7 +28,7 @@ def three_class_to_instances(
     seed back over the boundary pixels of the foreground it belongs to.
 
     Args:
-        probs: class probabilities (3, H, W) ordered as in :mod:`protoseg.datamodules.targets`.
+        probs: class probabilities (3, H, W) ordered as in :mod:`protoseg.data.targets`.
         marker_threshold: inside probability above which a pixel seeds a nucleus.
         foreground_threshold: ``1 - p(background)`` above which a pixel belongs to a nucleus.
         min_area: final objects smaller than this many pixels are dropped.

@@ -15,7 +15,7 @@ import torch
 from kornia.geometry.transform import crop_and_resize
 from torch import nn
 
-from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # Ruifrok & Johnston (Anal. Quant. Cytol. Histol. 2001) stain vectors, rows H, E, DAB: optical
 # density of one unit of each stain in R, G, B (the matrix scikit-image's rgb2hed inverts).

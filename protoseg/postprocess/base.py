@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from protoseg.datamodules.targets import BACKGROUND
+from protoseg.data.targets import BACKGROUND
 from protoseg.io.resample import resize_nearest
 from protoseg.metrics.functional import nuclei_scores
 from protoseg.modules.postprocess import drop_unsure_objects, most_convex_candidates, open_objects

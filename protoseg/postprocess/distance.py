@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protoseg.datamodules.targets import BACKGROUND
+from protoseg.data.targets import BACKGROUND
 from protoseg.modules.pseudo_masks import binary_to_instances, clean_binary
 from protoseg.postprocess.base import InstanceSplit
 

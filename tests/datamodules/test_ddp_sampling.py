@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from protoseg.datamodules.transforms import (
+from protoseg.data.samplers import (
     EpochSeedSampler,
     epoch_seed_sampler,
     evaluation_sampler,

@@ -15,13 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from protoseg.datamodules.monuseg import MoNuSegDataModule, find_records, split_stems
-from protoseg.datamodules.targets import BACKGROUND, instances_to_three_class
-from protoseg.datamodules.transforms import (
-    EpochSeedSampler,
-    collate_whole_images,
-    seed_transform,
-)
+from protoseg.data.datasets import collate_whole_images
+from protoseg.data.records import find_records, split_stems
+from protoseg.data.samplers import EpochSeedSampler
+from protoseg.data.targets import BACKGROUND, instances_to_three_class
+from protoseg.data.transforms import seed_transform
+from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.io.errors import DataError
 
 MakeRoot = Callable[..., Path]

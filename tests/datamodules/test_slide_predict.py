@@ -11,13 +11,13 @@ import torch
 from conftest import write_pyramid
 from skimage.draw import disk
 
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.datamodules.slide_predict import (
     SlideShardSampler,
     SlideTileDataset,
     WSIPredictDataModule,
     slide_grid,
 )
-from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.io.errors import DataError
 from protoseg.visualize import denormalize
 

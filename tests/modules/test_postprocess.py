@@ -8,7 +8,7 @@ from skimage.draw import disk
 from skimage.morphology import convex_hull_image, opening
 from skimage.morphology import disk as footprint_disk
 
-from protoseg.datamodules.targets import instances_to_three_class
+from protoseg.data.targets import instances_to_three_class
 from protoseg.modules.centre_votes import OFFSET_SCALE
 from protoseg.modules.postprocess import (
     drop_unsure_objects,

@@ -132,7 +132,7 @@ def test_gradcam_map_of_an_untrained_network_follows_real_nuclei(monuseg_train: 
     is already strongly structured by the annotated nuclei. Its sign depends on the init
     (this seed lights up nuclei; others light up the tissue around them, which
     :func:`pixel_cues` orients away), so the test bounds the absolute correlation."""
-    from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+    from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
     from protoseg.io.images import read_instance_png, read_rgb
     from protoseg.lightning_modules.psm import PSMModule
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.modules.ssl_augment import (
     MultiCropAugment,
     PathologyViewAugment,

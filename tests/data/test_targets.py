@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels
 
-from protoseg.datamodules.targets import (
+from protoseg.data.targets import (
     BACKGROUND,
     BOUNDARY,
     INSIDE,
