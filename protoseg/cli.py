@@ -58,6 +58,22 @@ class ProtosegCLI(LightningCLI):
             )
         return parser
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Gives the settings that two parts must share one source, the datamodule's ``mean``
+        and ``std``: a stage's ``normalization`` (how it un-normalises images) and its view
+        augmentation's ``mean`` / ``std`` (how it normalises the views it trains on). Where a
+        class has no such setting the link is skipped; a value given for a linked setting
+        is replaced by the datamodule's."""
+        parser.link_arguments(
+            ("data.init_args.mean", "data.init_args.std"),
+            "model.init_args.normalization",
+            compute_fn=normalization,
+        )
+        for key in ("mean", "std"):
+            parser.link_arguments(
+                f"data.init_args.{key}", f"model.init_args.augment.init_args.{key}"
+            )
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parses as LightningCLI does, keeping the command line's ``--model`` options."""
         with warnings.catch_warnings():
@@ -243,6 +259,11 @@ def import_stages() -> None:
     for package in (protoseg.datamodules, protoseg.lightning_modules):
         for info in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def normalization(mean: list[float], std: list[float]) -> tuple[tuple[float, ...], ...]:
+    """A datamodule's ``mean`` and ``std`` as a stage's ``normalization``."""
+    return tuple(mean), tuple(std)
 
 
 def is_model_option(token: str) -> bool:

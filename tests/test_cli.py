@@ -12,7 +12,10 @@ from PIL import Image
 
 from protoseg.cli import build_cli, main, model_options
 from protoseg.io.errors import DataError
+from protoseg.lightning_modules.psm import PSMModule
 from protoseg.lightning_modules.segmentation import SegmentationModule
+from protoseg.modules.activation_net import ShallowActivationNet
+from protoseg.modules.ssl_augment import PathologyViewAugment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -204,3 +207,24 @@ def test_bad_input_is_one_line_naming_the_file(
     monkeypatch.setenv("PROTOSEG_TRACEBACK", "1")
     with pytest.raises(DataError, match="images folder does not exist"):
         main([*args, f"--output_dir={tmp_path / 'out'}"])
+
+
+def test_stages_take_the_datamodule_s_normalization(tiny_monuseg_root: Path) -> None:
+    """The datamodule's mean and std are the one source of a stage's normalization and of
+    its view augmentation's; PSM views normalised otherwise than its images are refused."""
+    mean, std = [0.6, 0.5, 0.7], [0.2, 0.25, 0.15]
+    given = [f"--data.root={tiny_monuseg_root}", f"--data.mean={mean}", f"--data.std={std}"]
+    psm = build_cli(
+        [f"--config={CONFIGS / 'psm/monuseg.yaml'}", *given, "--trainer.logger=false"], run=False
+    )
+    np.testing.assert_allclose(psm.model.hparams.normalization, [mean, std])
+    np.testing.assert_allclose(psm.model.augment.mean.flatten(), mean)
+    np.testing.assert_allclose(psm.model.augment.std.flatten(), std)
+    head = build_cli(
+        [*tiny_overrides(tiny_monuseg_root, Path("unused")), *given[1:], "--trainer.logger=false"],
+        run=False,
+    )
+    np.testing.assert_allclose(head.model.hparams.normalization, [mean, std])
+    views = PathologyViewAugment(size=32, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="augment normalises the views with mean"):
+        PSMModule(ShallowActivationNet("resnet18", out_indices=(0, 1)), augment=views)

@@ -126,7 +126,8 @@ class PatchContrastModule(L.LightningModule):
         min_distance: smallest distance between two nuclei centres when splitting clumps, px.
         tile_size: inference tile side for whole images.
         num_log_images: validation images drawn to TensorBoard per validation run.
-        normalization: the datamodule's (mean, std) on [0, 1] RGB.
+        normalization: the datamodule's (mean, std) on [0, 1] RGB (the command line links
+            it to the datamodule's).
     """
 
     def __init__(

@@ -82,6 +82,24 @@ from protoseg.modules.ssl_augment import PathologyViewAugment
 from protoseg.modules.ssl_losses import byol_loss
 
 
+def check_view_normalization(augment: nn.Module, normalization: Normalization) -> None:
+    """Refuses views normalised otherwise than the images: the activation network trains
+    on the views and its maps are read on the images (the command line links both to the
+    datamodule's ``mean`` and ``std``)."""
+    views = tuple(
+        tuple(float(v) for v in getattr(augment, key).flatten())
+        for key in ("mean", "std")
+        if isinstance(getattr(augment, key, None), torch.Tensor)
+    )
+    images = tuple(tuple(float(v) for v in values) for values in normalization)
+    if len(views) == 2 and not np.allclose(views, images, atol=1e-6):
+        raise ValueError(
+            f"augment normalises the views with mean {views[0]} and std {views[1]}, the "
+            f"images are normalised with {images[0]} and {images[1]}: give augment the "
+            "datamodule's mean and std"
+        )
+
+
 class PSMModule(SSLModule):
     """Trains the activation network on images alone; predicts PSM pseudo masks and cells.
 
@@ -118,7 +136,9 @@ class PSMModule(SSLModule):
         warmup_steps: linear learning-rate warm-up.
         base_lr_batch_size: the batch size the optimizer's lr is given for.
         num_log_images: validation overlays drawn to TensorBoard.
-        normalization: the datamodule's (mean, std) on [0, 1] RGB.
+        normalization: the datamodule's (mean, std) on [0, 1] RGB (linked to it by the
+            command line, as are ``augment``'s ``mean`` and ``std``; views normalised
+            otherwise than the images are refused).
     """
 
     def __init__(
@@ -148,6 +168,7 @@ class PSMModule(SSLModule):
         mean, std = normalization
         if augment is None:
             augment = PathologyViewAugment(size=128, scale=(0.2, 1.0), mean=mean, std=std)
+        check_view_normalization(augment, normalization)
         super().__init__(backbone, augment, optimizer, warmup_steps, base_lr_batch_size)
         save_init_hyperparameters(self)
         width = backbone.num_features
