@@ -11,7 +11,8 @@ from PIL import Image
 
 from protoseg import scoring
 from protoseg.commands import main
-from protoseg.datamodules.monuseg import ImageStore, find_records
+from protoseg.data.records import find_records
+from protoseg.data.store import ImageStore
 from protoseg.io.errors import DataError
 from protoseg.metrics.functional import nuclei_scores
 from protoseg.scoring import score_predictions
