@@ -232,3 +232,17 @@ def test_a_chain_on_a_split_scores_the_held_out_images_only(
     assert [(r["scored"], r["images"]) for r in result["summary"]] == [("held-out", 1)] * 2
     # the pseudo masks cover every image, the held-out one included
     assert {"img0.png", "img1.png", "img2.png"} <= set(_files(tmp_path / "run" / "pseudo_masks"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CHAINS, ids=lambda p: p.stem)
+def test_every_shipped_chain_runs_end_to_end(
+    path: Path, tmp_path: Path, make_monuseg_root: MakeRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    data_root = make_monuseg_root(tmp_path / "monuseg", n_images=2, size=64)
+    run_dir = tmp_path / "run"
+    assert main([str(path), "--run_dir", str(run_dir), f"--data.root={data_root}", *TINY]) == 0
+    result = json.loads((run_dir / "result.json").read_text())
+    assert list(result["steps"]) == [step.name for step in load_chain(path).steps]
+    assert all(row["metrics"] for row in result["summary"])
