@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from protoseg.data.records import find_records
+from protoseg.data.store import ImageStore
 from protoseg.io.errors import DataError
 from protoseg.io.images import read_instance_png, write_text_atomic
 from protoseg.metrics.functional import METRIC_NAMES, nuclei_scores
@@ -57,10 +59,6 @@ def score_predictions(
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise DataError(f"{predictions}: predictions folder does not exist")
-    # Read here, not at import: `protoseg score --help` answers without torch and Lightning.
-    from protoseg.data.records import find_records
-    from protoseg.data.store import ImageStore
-
     records = [r for r in find_records(root, label_source) if r.label_path is not None]
     if not records:
         raise DataError(f"{root}: no labelled images (label_source={label_source!r})")

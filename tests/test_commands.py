@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from protoseg.commands import COMMANDS, main, usage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Runs the console script's entry in a fresh interpreter and says which heavy modules it loaded.
 PROBE = """
@@ -23,7 +26,9 @@ print("loaded", sorted(m for m in ("torch", "lightning") if m in sys.modules))
 
 def _probe(*argv: str) -> subprocess.CompletedProcess[str]:
     code = PROBE.format(argv=list(argv))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
 
 
 def test_help_lists_every_command_with_its_description_without_importing_torch() -> None:
@@ -61,3 +66,10 @@ def test_a_tool_status_is_the_exit_status(capsys: pytest.CaptureFixture[str]) ->
         main(["report", "--results", "no/such/folder"])
     assert stopped.value.code == 2
     assert "no/such/folder: results folder does not exist" in capsys.readouterr().err
+
+
+def test_score_scores_without_torch_or_lightning() -> None:
+    sample = "samples/monuseg_crops"
+    done = _probe("score", "--predictions", f"{sample}/labels", "--root", sample)
+    assert "| all | 6 | 1.0000 |" in done.stdout
+    assert done.stdout.splitlines()[-1] == "loaded []"
