@@ -14,7 +14,7 @@ RESULTS := benchmarks/results
 .PHONY: help install test test-slow lint format quickstart bench-quickstart readme-table clean \
 	bench-monuseg-supervised \
 	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-monuseg-psm-holdout bench-postprocess bench-resolution \
-	bench-wsi bench-ssl \
+	bench-wsi bench-ssl bench-wsss4luad-camsam \
 	sweep-ssl sweep-segment report
 
 help: ## Show this help
@@ -109,6 +109,12 @@ bench-resolution: ## The PSM head on the 30 training images halved (20x): as the
 	$(BIN)/python benchmarks/resolution.py --data-root $(DATA)/monuseg/train \
 		--checkpoint $(BENCH_PSM)/segment/checkpoints/last.ckpt \
 		--run-dir runs/bench_resolution --output $(RESULTS)/resolution.json
+
+BENCH_CAMSAM := runs/bench_wsss4luad_camsam
+bench-wsss4luad-camsam: ## CAM + SAM chain on WSSS4LUAD: classifier -> CAM and CAM+SAM pseudo masks -> a head on each, scored on the 31 validation images (CHAIN_ACCELERATOR=gpu on a GPU)
+	$(BIN)/python -m benchmarks.wsss4luad_camsam --data-root $(DATA)/wsss4luad \
+		--run-dir $(BENCH_CAMSAM) --output $(RESULTS)/wsss4luad_camsam.json \
+		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
 
 WSI_DEVICE ?= cpu
 # A trained segmentation head (e.g. the one of bench-monuseg-supervised); empty: random init.

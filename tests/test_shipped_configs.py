@@ -36,9 +36,17 @@ def test_every_config_is_listed() -> None:
     } <= names
 
 
+def predict_only(config: Path) -> bool:
+    """A stage that reads a trained stage's checkpoint from its config and never fits (the CAM
+    + SAM pseudo masks); tests/lightning_modules/test_cam_sam_chain.py runs it end to end."""
+    return "classifier_ckpt" in yaml.safe_load(config.read_text())["model"]["init_args"]
+
+
 @pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_checkpoint_callback_comes_last(config: Path) -> None:
     """Overrides of ``--trainer.callbacks.init_args.*`` reach the last callback of the list."""
+    if predict_only(config):
+        pytest.skip(f"{config.name} never fits: no checkpoint to keep")
     callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
     assert callbacks[-1]["class_path"].endswith("ModelCheckpoint")
     assert callbacks[-1]["init_args"]["save_last"] is True
@@ -71,6 +79,8 @@ def test_config_runs_end_to_end(
     monkeypatch.chdir(ROOT)
     data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
     data_root = Path(data_args["root"])
+    if predict_only(config):
+        pytest.skip(f"{config.name} never fits (see tests/lightning_modules/test_cam_sam_chain.py)")
     if not data_root.is_dir():
         pytest.skip(f"{config.name}: data root {data_root} is absent")
     data_class = yaml.safe_load(config.read_text())["data"]["class_path"]

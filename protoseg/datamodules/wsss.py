@@ -260,7 +260,8 @@ class TissueCropDataset(Dataset):
 
 class TissueImageDataset(Dataset):
     """Whole normalised images: ``image`` (3, H, W) float32, ``stem``, ``path`` and, with a
-    mask, ``mask`` (H, W) int64 class indices and ``labels`` (C,) float32 (classes present)."""
+    mask, ``mask`` (H, W) int64 class indices and ``labels`` (C,) float32 (classes present);
+    without a mask, ``labels`` of the file name when it has one (training images)."""
 
     def __init__(
         self,
@@ -289,6 +290,8 @@ class TissueImageDataset(Dataset):
             item["labels"] = torch.from_numpy(
                 present_labels(indices, self.store.classes.num_classes)
             )
+        elif record.labels is not None:  # a training image predicted: its name's label
+            item["labels"] = torch.tensor(record.labels, dtype=torch.float32)
         return item
 
 

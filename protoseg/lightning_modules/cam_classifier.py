@@ -1,0 +1,182 @@
+"""Multi-label tissue classifier with Attention Dropout, trained on image-level labels; its class
+activation maps are the first pseudo masks of the CAM + SAM chain (EP-SAM / EPLC-SAM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from protoseg.io.class_maps import TissueClasses, colour_classes, overlay_classes
+from protoseg.lightning_modules.evaluation import (
+    IMAGENET_NORMALIZATION,
+    Normalization,
+    batch_rgb,
+    log_gathered,
+)
+from protoseg.lightning_modules.hparams import save_init_hyperparameters
+from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
+from protoseg.metrics.tissue import TissueMetrics
+from protoseg.modules.cam import CAMNet, bright_background, rotation_averaged_cams
+from protoseg.modules.cam_sam import cam_class_map
+from protoseg.visualize import cam_picture
+
+Batch = dict[str, Any]
+
+
+class CAMClassifierModule(L.LightningModule):
+    """Trains a :class:`~protoseg.modules.cam.CAMNet` with multi-label BCE on image-level labels.
+
+    Training batches hold ``image`` (B, 3, h, w) and ``labels`` (B, K) 0/1 (e.g.
+    :class:`~protoseg.datamodules.wsss.WSSSDataModule`, whose crops are flipped, turned and
+    colour-jittered). Validation batches hold one whole image with its ``mask``: the CAM
+    pseudo mask of the classes present (:func:`~protoseg.modules.cam_sam.cam_class_map`) is
+    scored as the chain's first stage (``val/miou``...), beside the classifier's ``val/f1``;
+    TensorBoard gets image | CAMs | CAM classes of the first ``num_log_images``.
+
+    Args:
+        net: the CAM network (backbone, ADL, class layer).
+        class_names: the K image-level classes, in the label order.
+        optimizer: optimizer factory; default AdamW(lr=1e-3, weight_decay=1e-4).
+        warmup_steps: linear warm-up, then cosine decay over the run.
+        val_rotations: 90-degree turns averaged for validation CAMs (1 to 4).
+        background_brightness: darkest-channel value from which a pixel is glass
+            (:func:`~protoseg.modules.cam.bright_background`).
+        min_score: CAM below which a pixel is unsure in the CAM pseudo mask.
+        num_log_images: validation images drawn to TensorBoard each epoch.
+        normalization: the datamodule's mean and std (to draw images).
+    """
+
+    def __init__(
+        self,
+        net: CAMNet,
+        class_names: list[str] = ["tumor", "stroma", "normal"],  # noqa: B006 (jsonargparse)
+        optimizer: OptimizerCallable | None = None,
+        warmup_steps: int = 50,
+        val_rotations: int = 1,
+        background_brightness: float = 200.0,
+        min_score: float = 0.0,
+        num_log_images: int = 4,
+        normalization: Normalization = IMAGENET_NORMALIZATION,
+    ) -> None:
+        super().__init__()
+        if net.num_classes != len(class_names):
+            raise ValueError(f"net has {net.num_classes} classes, class_names {len(class_names)}")
+        save_init_hyperparameters(self)
+        self.net = net
+        self.class_names = tuple(class_names)
+        self.optimizer_factory = optimizer
+        self.val_metrics = TissueMetrics(self.class_names, prefix="val/")
+        self._f1_counts = torch.zeros(3)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> logits (B, K) and raw class maps (B, K, h, w)."""
+        return self.net(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if "labels" not in batch:
+            raise ValueError(
+                "CAMClassifierModule trains on image-level labels, and these training images "
+                "have none: name them <stem>-[1, 0, 0].png as LUAD-HistoSeg does"
+            )
+        logits, _ = self.net(batch["image"])
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def cams(self, images: torch.Tensor, rotations: int) -> torch.Tensor:
+        """(B, 3, H, W) -> normalised CAMs (B, K, H, W), averaged over ``rotations`` turns."""
+        return rotation_averaged_cams(self.net, images, rotations)
+
+    def cam_pseudo_mask(
+        self, image_tensor: torch.Tensor, labels: torch.Tensor | None, rotations: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The CAM pseudo mask of one image.
+
+        Args:
+            image_tensor: (1, 3, H, W) normalised.
+            labels: (K,) 0/1 image-level label, or None: the classifier's own prediction
+                (probability > 0.5, and at least its most probable class).
+            rotations: turns averaged.
+
+        Returns:
+            (H, W) uint8 class indices (:func:`~protoseg.modules.cam_sam.cam_class_map`),
+            (K, H, W) float32 CAMs, (K,) bool classes present and (H, W, 3) uint8 image.
+        """
+        cams = self.cams(image_tensor, rotations)[0].float().cpu().numpy()
+        if labels is None:
+            probs = self.net(image_tensor)[0].sigmoid()[0].float().cpu().numpy()
+            present = (probs > 0.5) | (probs == probs.max())
+        else:
+            present = labels.cpu().numpy() > 0.5
+        image = batch_rgb({"image": image_tensor}, self.hparams.normalization)[0]
+        background = bright_background(image, self.hparams.background_brightness)
+        classes = cam_class_map(cams, present, background, self.hparams.min_score)
+        return classes, cams, present, image
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        logits, _ = self.net(batch["image"])
+        predicted = logits.sigmoid() > 0.5
+        truth = batch["labels"] > 0.5
+        counts = torch.stack(
+            [(predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()]
+        )
+        self._f1_counts += counts.float().cpu()
+        classes, cams, _, image = self.cam_pseudo_mask(
+            batch["image"][:1], batch["labels"][0], self.hparams.val_rotations
+        )
+        self.val_metrics.update(torch.from_numpy(classes), batch["mask"][0].cpu())
+        if batch_idx < self.hparams.num_log_images:
+            self._log_picture(image, cams, classes, batch_idx)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """CAM pseudo masks: per image ``stem``, ``path``, ``classes`` (H, W) uint8 indices
+        and ``cams`` (K, H, W) float16; the image-level label is the batch's ``labels`` when
+        it has them (training images), else the classifier's prediction."""
+        items = []
+        for i, (stem, path) in enumerate(zip(batch["stem"], batch["path"], strict=True)):
+            labels = batch["labels"][i] if "labels" in batch else None
+            classes, cams, _, _ = self.cam_pseudo_mask(
+                batch["image"][i : i + 1], labels, self.hparams.val_rotations
+            )
+            items.append({"stem": stem, "path": path, "classes": classes, "cams": cams})
+        return items
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        hits, false_pos, false_neg = (
+            self.all_gather(self._f1_counts).reshape(-1, 3).sum(0)
+        ).tolist()
+        scores["val/f1"] = 2 * hits / max(2 * hits + false_pos + false_neg, 1.0)
+        log_gathered(self, scores)
+        self.val_metrics.reset()
+        self._f1_counts.zero_()
+
+    def _log_picture(
+        self, image: np.ndarray, cams: np.ndarray, classes: np.ndarray, index: int
+    ) -> None:
+        """image | one heat map per class | CAM classes, as ``val/cam_<index>``."""
+        if not isinstance(self.logger, TensorBoardLogger) or self.trainer.sanity_checking:
+            return
+        tissue = TissueClasses(self.class_names, background_code=len(self.class_names))
+        picture = np.concatenate(
+            [
+                cam_picture(image, cams),
+                overlay_classes(image, classes, tissue),
+                colour_classes(classes, tissue),
+            ],
+            axis=1,
+        )
+        self.logger.experiment.add_image(
+            f"val/cam_{index}", picture, self.global_step, dataformats="HWC"
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return warmup_cosine_optimization(
+            self, self.parameters(), self.optimizer_factory, self.hparams.warmup_steps, 1e-3
+        )

@@ -1,0 +1,148 @@
+"""The CAM + SAM chain end to end on a tiny WSSS4LUAD-layout root: classifier fit -> CAM and
+CAM + SAM pseudo masks (validate and predict) -> semantic head fit on them -> predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from protoseg.cli import main
+from protoseg.lightning_modules.cam_classifier import CAMClassifierModule
+from protoseg.lightning_modules.cam_sam import load_classifier
+from protoseg.modules.cam import CAMNet
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSIFIER = ROOT / "configs" / "cam_sam" / "classifier_wsss4luad.yaml"
+PSEUDO = ROOT / "configs" / "cam_sam" / "pseudo_wsss4luad.yaml"
+HEAD = ROOT / "configs" / "wsss4luad" / "segment.yaml"
+# A timm test network (370k parameters) stands in for ResNet-18.
+TINY_NET = [
+    "--model.init_args.net.init_args.backbone=test_resnet",
+    "--model.init_args.net.init_args.input_scale=1.0",
+]
+
+
+def short_fit(config: Path, run_dir: Path, root: Path, *extra: str) -> Path:
+    """Fits ``config`` for 2 steps on ``root`` into ``run_dir``; returns its last.ckpt."""
+    main(
+        [
+            "fit",
+            f"--config={config}",
+            f"--data.root={root}",
+            "--data.crop_size=32",
+            "--data.crops_per_epoch=4",
+            "--data.batch_size=2",
+            "--data.num_workers=0",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={run_dir}",
+            f"--trainer.logger.init_args.save_dir={run_dir}",
+            f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
+            *extra,
+        ]
+    )
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def wsss_root(tmp_path: Path, make_wsss_root: Callable[..., Path]) -> Path:
+    return make_wsss_root(tmp_path / "wsss", layout="luad", n_train=4, n_val=2, n_test=0, size=48)
+
+
+def pseudo_args(root: Path, ckpt: Path, tmp_path: Path, sam: bool) -> list[str]:
+    return [
+        f"--config={PSEUDO}",
+        f"--data.root={root}",
+        "--data.num_workers=0",
+        f"--model.init_args.classifier_ckpt={ckpt}",
+        f"--model.init_args.sam={str(sam).lower()}",
+        "--model.init_args.rotations=2",
+        "--model.init_args.min_region=4",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'pseudo'}",
+        f"--trainer.callbacks.init_args.cam_dir={tmp_path / 'cams'}",
+    ]
+
+
+def test_chain_end_to_end(wsss_root: Path, tmp_path: Path) -> None:
+    ckpt = short_fit(CLASSIFIER, tmp_path / "classifier", wsss_root, *TINY_NET)
+    classifier = load_classifier(ckpt)
+    assert isinstance(classifier.net, CAMNet) and not classifier.training
+    masks = tmp_path / "pseudo_masks"
+    main(["validate", *pseudo_args(wsss_root, ckpt, tmp_path, sam=True)])
+    main(["predict", *pseudo_args(wsss_root, ckpt, tmp_path, sam=True), f"--output_dir={masks}"])
+    training = sorted((wsss_root / "training").glob("*.png"))
+    for image_path in training:
+        # WSSSDataModule names each record by its file's stem, label included.
+        codes = np.array(Image.open(masks / f"{image_path.stem}.png"))
+        label = [int(v) for v in image_path.stem.rsplit("[", 1)[1].rstrip("]").split(",")]
+        assert codes.shape == np.array(Image.open(image_path)).shape[:2]
+        assert set(np.unique(codes).tolist()) <= {0, 1, 2, 3, 255}
+        absent = [k for k in range(3) if not label[k]]
+        assert not np.isin(codes, absent).any()  # no class outside the image-level label
+        cams = np.load(tmp_path / "cams" / f"{image_path.stem}.npy")
+        assert cams.dtype == np.float16 and cams.shape == (3, *codes.shape)
+        assert float(cams.max()) <= 1.0 and (tmp_path / "cams" / f"{image_path.stem}.png").is_file()
+    head = short_fit(
+        HEAD,
+        tmp_path / "head",
+        wsss_root,
+        f"--data.pseudo_mask_dir={masks}",
+        "--model.init_args.net.init_args.encoder=test_resnet",
+    )
+    out = tmp_path / "predictions"
+    main(
+        [
+            "predict",
+            f"--config={HEAD}",
+            f"--data.root={wsss_root / 'val'}",
+            "--data.num_workers=0",
+            "--model.init_args.net.init_args.encoder=test_resnet",
+            f"--ckpt_path={head}",
+            f"--output_dir={out}",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'head'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'head'}",
+            f"--trainer.callbacks.init_args.dirpath={tmp_path / 'head' / 'checkpoints'}",
+        ]
+    )
+    assert sorted(p.name for p in out.glob("??.png")) == ["00.png", "01.png"]
+
+
+def test_classifier_needs_image_level_labels() -> None:
+    module = CAMClassifierModule(CAMNet("test_resnet", 3, adl_stages=(4,), output_stride=32))
+    with pytest.raises(ValueError, match="image-level labels"):
+        module.training_step({"image": torch.zeros(1, 3, 32, 32)}, 0)
+    with pytest.raises(ValueError, match="net has 2 classes, class_names 3"):
+        CAMClassifierModule(CAMNet("test_resnet", 2, adl_stages=(4,)), class_names=["a", "b", "c"])
+
+
+def test_bad_inputs_are_named_in_one_line(
+    tmp_path: Path, make_wsss_root: Callable[..., Path], capsys: pytest.CaptureFixture
+) -> None:
+    root = make_wsss_root(tmp_path / "wsss", n_train=2, n_val=1, n_test=0, size=32)
+    bad = next((root / "training").glob("*.png"))
+    bad.rename(bad.with_name(bad.name.replace("]", ", 7]")))
+    with pytest.raises(SystemExit) as stopped:
+        short_fit(CLASSIFIER, tmp_path / "run", root, *TINY_NET)
+    assert stopped.value.code == 2
+    assert "image-level label" in capsys.readouterr().err
+    missing = tmp_path / "nothing.ckpt"
+    with pytest.raises(SystemExit):
+        main(["validate", *pseudo_args(root, missing, tmp_path, sam=False)])
+    assert f"{missing}: classifier checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "validate",
+                *pseudo_args(root, missing, tmp_path, sam=True),
+                f"--model.init_args.sam_checkpoint={tmp_path / 'sam.pth'}",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and err.count("\n") == 1
