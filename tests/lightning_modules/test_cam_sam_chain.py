@@ -1,5 +1,6 @@
 """The CAM + SAM chain end to end on a tiny WSSS4LUAD-layout root: classifier fit -> CAM and
-CAM + SAM pseudo masks (validate and predict) -> semantic head fit on them -> predictions."""
+CAM + SAM pseudo masks (validate and predict) -> semantic head fit on them -> predictions; the
+pseudo masks scored under DDP (two gloo processes) as by one process; bad input."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cpu_trainer
 from PIL import Image
 
 from protoseg.cli import main
+from protoseg.datamodules.wsss import WSSSDataModule
 from protoseg.lightning_modules.cam_classifier import CAMClassifierModule
-from protoseg.lightning_modules.cam_sam import load_classifier
+from protoseg.lightning_modules.cam_sam import CamSamPseudoMaskModule, load_classifier
 from protoseg.modules.cam import CAMNet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,3 +149,25 @@ def test_bad_inputs_are_named_in_one_line(
         )
     err = capsys.readouterr().err
     assert "checkpoint not found" in err and err.count("\n") == 1
+
+
+# ~3 minutes of CPU on a loaded 2-core machine (two spawned processes): slow.
+@pytest.mark.slow
+def test_two_process_validation_equals_one_process(
+    tmp_path: Path, make_wsss_root: Callable[..., Path]
+) -> None:
+    """Each rank scores its share of the validation images; the confusion matrix and the SAM
+    counts are summed across ranks."""
+    root = make_wsss_root(tmp_path / "wsss", n_train=2, n_val=3, n_test=0, size=40)
+    ckpt = short_fit(CLASSIFIER, tmp_path / "classifier", root, *TINY_NET)
+
+    def score(devices: int) -> dict[str, float]:
+        module = CamSamPseudoMaskModule(str(ckpt), sam=False, rotations=2)
+        data = WSSSDataModule(str(root), num_workers=0)
+        metrics = cpu_trainer(devices).validate(module, datamodule=data, verbose=False)[0]
+        return {k: v for k, v in metrics.items() if k.startswith("val/")}
+
+    one, two = score(1), score(2)
+    assert {"val/miou", "val/fwiou", "val/iou_tumor", "val/sam_prompts"} <= set(one)
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
