@@ -101,18 +101,27 @@ def main(argv: list[str] | None = None) -> None:
     classifier_ckpt = f"--model.init_args.classifier_ckpt={classifier_dir}/checkpoints/last.ckpt"
     pseudo: dict[str, dict[str, Any]] = {}
     heads: dict[str, dict[str, Any]] = {}
-    for variant, sam in (("cam", "false"), ("cam_sam", "true")):
-        settings = [
+    variants = {"cam": "false", "cam_sam": "true"}
+
+    def pseudo_args(variant: str) -> list[str]:
+        return [
             f"--config={PSEUDO}",
             classifier_ckpt,
-            f"--model.init_args.sam={sam}",
+            f"--model.init_args.sam={variants[variant]}",
             f"--trainer.default_root_dir={run_dir / variant}",
             f"--trainer.callbacks.init_args.cam_dir={run_dir / variant / 'cams'}",
         ]
-        pseudo[variant] = stage(f"{variant} pseudo masks validation", "validate", settings)
+
+    # The pseudo masks' figures first (the comparison the chain is about), then each variant's
+    # training pseudo masks and head.
+    for variant in variants:
+        pseudo[variant] = stage(
+            f"{variant} pseudo masks validation", "validate", pseudo_args(variant)
+        )
+    for variant in variants:
         masks = run_dir / variant / "pseudo_masks"
         pseudo[variant]["writing"] = stage(
-            f"{variant} pseudo masks", "predict", [*settings, f"--output_dir={masks}"]
+            f"{variant} pseudo masks", "predict", [*pseudo_args(variant), f"--output_dir={masks}"]
         )
         head_dir = run_dir / variant / "head"
         head = [f"--data.pseudo_mask_dir={masks}"]
