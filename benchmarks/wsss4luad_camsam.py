@@ -109,7 +109,6 @@ def main(argv: list[str] | None = None) -> None:
             classifier_ckpt,
             f"--model.init_args.sam={variants[variant]}",
             f"--trainer.default_root_dir={run_dir / variant}",
-            f"--trainer.callbacks.init_args.cam_dir={run_dir / variant / 'cams'}",
         ]
 
     # The pseudo masks' figures first (the comparison the chain is about), then each variant's

@@ -25,13 +25,18 @@ class CamWriter(Callback):
     ``protoseg predict`` with :class:`~protoseg.lightning_modules.cam_sam.CamSamPseudoMaskModule`.
 
     Args:
-        cam_dir: destination folder (not the folder of the pseudo masks: both use ``<stem>``).
+        cam_dir: destination folder (not the folder of the pseudo masks: both use ``<stem>``);
+            None: ``<trainer.default_root_dir>/cams``.
         pictures: also write the pictures.
     """
 
-    def __init__(self, cam_dir: str, pictures: bool = True) -> None:
-        self.cam_dir = Path(cam_dir)
+    def __init__(self, cam_dir: str | None = None, pictures: bool = True) -> None:
+        self.cam_dir = None if cam_dir is None else Path(cam_dir)
         self.pictures = pictures
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.cam_dir is None:
+            self.cam_dir = Path(trainer.default_root_dir) / "cams"
 
     def on_predict_batch_end(
         self,
@@ -48,6 +53,8 @@ class CamWriter(Callback):
 
     def write(self, stem: str, cams: np.ndarray, image_path: str | None = None) -> Path:
         """Writes one image's maps (and picture, given the image); returns the array's path."""
+        if self.cam_dir is None:
+            raise RuntimeError("CamWriter has no cam_dir: give one, or run it in a Trainer")
         target = self.cam_dir / f"{stem}.npy"
         buffer = io.BytesIO()
         np.save(buffer, cams.astype(np.float16))

@@ -4,6 +4,7 @@ pseudo masks scored under DDP (two gloo processes) as by one process; bad input.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from conftest import cpu_trainer
 from PIL import Image
 
+from protoseg.chain import main as chain_main
 from protoseg.cli import main
 from protoseg.datamodules.wsss import WSSSDataModule
 from protoseg.lightning_modules.cam_classifier import CAMClassifierModule
@@ -22,7 +24,10 @@ from protoseg.modules.cam import CAMNet
 ROOT = Path(__file__).resolve().parents[2]
 CLASSIFIER = ROOT / "configs" / "cam_sam" / "classifier_wsss4luad.yaml"
 PSEUDO = ROOT / "configs" / "cam_sam" / "pseudo_wsss4luad.yaml"
-HEAD = ROOT / "configs" / "wsss4luad" / "segment.yaml"
+CHAIN = ROOT / "configs" / "chains" / "wsss4luad_camsam.yaml"
+PSEUDO_STEPS = ("cam pseudo masks validation", "cam sam pseudo masks validation", "pseudo masks")
+# Two turns and small regions prompted: the tiny images' CAM regions are a few pixels wide.
+FAST = ("rotations=2", "min_region=4")
 # A timm test network (370k parameters) stands in for ResNet-18.
 TINY_NET = [
     "--model.init_args.net.init_args.backbone=test_resnet",
@@ -68,19 +73,40 @@ def pseudo_args(root: Path, ckpt: Path, tmp_path: Path, sam: bool) -> list[str]:
         "--model.init_args.min_region=4",
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path / 'pseudo'}",
-        f"--trainer.callbacks.init_args.cam_dir={tmp_path / 'cams'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'pseudo'}",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'pseudo' / 'checkpoints'}",
     ]
 
 
-def test_chain_end_to_end(wsss_root: Path, tmp_path: Path) -> None:
-    ckpt = short_fit(CLASSIFIER, tmp_path / "classifier", wsss_root, *TINY_NET)
-    classifier = load_classifier(ckpt)
+def test_chain_end_to_end(wsss_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/chains/wsss4luad_camsam.yaml at tiny size: every step runs, the pseudo masks
+    respect the image-level labels, the CAMs are written, the head predicts."""
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "chain"
+    args = [
+        str(CHAIN),
+        "--run_dir",
+        str(run_dir),
+        f"--data.root={wsss_root}",
+        "--data.crop_size=32",
+        "--data.crops_per_epoch=4",
+        "--data.batch_size=2",
+        "--data.num_workers=0",
+        "--trainer.max_steps=2",
+        "--trainer.enable_progress_bar=false",
+        *(f"--step-arg=classifier fit={arg}" for arg in TINY_NET),
+        *(f"--step-arg={step}=--model.init_args.{arg}" for step in PSEUDO_STEPS for arg in FAST),
+        "--step-arg=head fit=--model.init_args.net.init_args.encoder=test_resnet",
+        "--step-arg=predictions=--data.predict_dir=val",
+    ]
+    assert chain_main(args) == 0
+    result = json.loads((run_dir / "result.json").read_text())
+    assert set(result["steps"]["cam sam pseudo masks validation"]["metrics"]) >= {"miou", "fwiou"}
+    classifier = load_classifier(run_dir / "classifier" / "checkpoints" / "last.ckpt")
     assert isinstance(classifier.net, CAMNet) and not classifier.training
-    masks = tmp_path / "pseudo_masks"
-    main(["validate", *pseudo_args(wsss_root, ckpt, tmp_path, sam=True)])
-    main(["predict", *pseudo_args(wsss_root, ckpt, tmp_path, sam=True), f"--output_dir={masks}"])
-    training = sorted((wsss_root / "training").glob("*.png"))
-    for image_path in training:
+    masks = run_dir / "pseudo_masks"
+    cam_dir = run_dir / "logs" / "pseudo_masks" / "cams"
+    for image_path in sorted((wsss_root / "training").glob("*.png")):
         # WSSSDataModule names each record by its file's stem, label included.
         codes = np.array(Image.open(masks / f"{image_path.stem}.png"))
         label = [int(v) for v in image_path.stem.rsplit("[", 1)[1].rstrip("]").split(",")]
@@ -88,33 +114,10 @@ def test_chain_end_to_end(wsss_root: Path, tmp_path: Path) -> None:
         assert set(np.unique(codes).tolist()) <= {0, 1, 2, 3, 255}
         absent = [k for k in range(3) if not label[k]]
         assert not np.isin(codes, absent).any()  # no class outside the image-level label
-        cams = np.load(tmp_path / "cams" / f"{image_path.stem}.npy")
+        cams = np.load(cam_dir / f"{image_path.stem}.npy")
         assert cams.dtype == np.float16 and cams.shape == (3, *codes.shape)
-        assert float(cams.max()) <= 1.0 and (tmp_path / "cams" / f"{image_path.stem}.png").is_file()
-    head = short_fit(
-        HEAD,
-        tmp_path / "head",
-        wsss_root,
-        f"--data.pseudo_mask_dir={masks}",
-        "--model.init_args.net.init_args.encoder=test_resnet",
-    )
-    out = tmp_path / "predictions"
-    main(
-        [
-            "predict",
-            f"--config={HEAD}",
-            f"--data.root={wsss_root / 'val'}",
-            "--data.num_workers=0",
-            "--model.init_args.net.init_args.encoder=test_resnet",
-            f"--ckpt_path={head}",
-            f"--output_dir={out}",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path / 'head'}",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'head'}",
-            f"--trainer.callbacks.init_args.dirpath={tmp_path / 'head' / 'checkpoints'}",
-        ]
-    )
-    assert sorted(p.name for p in out.glob("??.png")) == ["00.png", "01.png"]
+        assert float(cams.max()) <= 1.0 and (cam_dir / f"{image_path.stem}.png").is_file()
+    assert sorted(p.name for p in (run_dir / "predictions").glob("??.png")) == ["00.png", "01.png"]
 
 
 def test_classifier_needs_image_level_labels() -> None:
