@@ -239,6 +239,8 @@ def test_a_chain_on_a_split_scores_the_held_out_images_only(
 def test_every_shipped_chain_runs_end_to_end(
     path: Path, tmp_path: Path, make_monuseg_root: MakeRoot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if path.stem == "wsss4luad_camsam":
+        pytest.skip("a WSSS chain: tests/lightning_modules/test_cam_sam_chain.py runs it tiny")
     monkeypatch.chdir(ROOT)
     data_root = make_monuseg_root(tmp_path / "monuseg", n_images=2, size=64)
     run_dir = tmp_path / "run"
