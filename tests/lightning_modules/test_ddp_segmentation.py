@@ -23,6 +23,7 @@ from torch import nn
 from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.metrics.nuclei import METRIC_NAMES
+from protoseg.postprocess import ThreeClassWatershed
 
 STEPS = 4
 
@@ -35,7 +36,7 @@ def segmenter() -> SegmentationModule:
         net,
         loss=nn.CrossEntropyLoss(),
         warmup_steps=1,
-        min_area=4,
+        postprocess=ThreeClassWatershed(min_area=4),
         tile_size=64,
         tile_overlap=0,
         num_log_images=0,
