@@ -35,14 +35,22 @@ pseudo masks, train a downstream network on them. Where the paper leaves a choic
   learnt from the convex pseudo nuclei; the head's distance split reads it to cut clumps
   (we do not train on the paper's Voronoi/cluster labels: from our pseudo masks they are
   worse supervision than the masks themselves).
-- **Multi-class detection**: cell centroids, classed by a k-means on per-cell mean H/E/DAB
-  densities into ``num_cell_classes`` (by DAB: class 0 the least stained); for IHC (BCData)
+- **The authors' recipe** (their released code, where it differs from the paper's text):
+  ``objective="rotation"`` trains a network with one output (a linear layer on the pooled
+  deepest map; they use timm's ``res2net101_26w_4s``, random init) to give an image and the
+  image turned by 180 degrees the same output (L1), and takes Grad-CAM of that output at
+  ``layer1``; ``clustering="colour_prior"`` is their k-means of jet-coloured map plus RGB
+  (:func:`~protoseg.modules.psm.colour_prior_mask`), objects under 200 px removed and holes
+  filled. ``configs/psm/monuseg_authors.yaml`` runs it; docs/label_free_experiments.md
+  compares the two.
+- **Multi-class detection**: cell centroids, classed by a k-means on per-cell mean DAB
+  density into ``num_cell_classes`` (class 0 the least stained); for IHC (BCData)
   ``cue="density"`` makes brown and blue nuclei both cells.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -71,15 +79,19 @@ from protoseg.modules.pseudo_masks import (
 )
 from protoseg.modules.psm import (
     AggregationMode,
+    Clustering,
     Cue,
     cell_points,
     classify_cells,
+    colour_prior_mask,
     gradient_activation_map,
     psm_binary_mask,
     smoothed_cell_cue,
 )
 from protoseg.modules.ssl_augment import PathologyViewAugment
 from protoseg.modules.ssl_losses import byol_loss
+
+Objective = Literal["siamese", "rotation"]
 
 
 def check_view_normalization(augment: nn.Module, normalization: Normalization) -> None:
@@ -115,8 +127,14 @@ class PSMModule(SSLModule):
             (channels of the last map), e.g. ``ShallowActivationNet``.
         augment: view augmentation of [0, 1] RGB; default PathologyViewAugment at 128 px.
         optimizer: optimizer factory; default AdamW(lr=1e-3 per 256 images, wd=1e-4).
-        projection_hidden_dim: hidden width of projector and predictor.
-        projection_dim: embedding width.
+        objective: ``siamese`` (SimSiam between two views; the activation is the gradient
+            of that loss against a turned, mirrored view) or ``rotation`` (the authors' code:
+            one output per image, L1 between the image and the image turned by 180 degrees;
+            the activation is the gradient of that output).
+        clustering: ``cue`` (k-means on ``cue`` and activation, then ``refine_pad``) or
+            ``colour_prior`` (the authors', :func:`~protoseg.modules.psm.colour_prior_mask`).
+        projection_hidden_dim: hidden width of projector and predictor (``siamese``).
+        projection_dim: embedding width (``siamese``).
         activation_layers: indices of the backbone maps whose gradients make the PSM.
         aggregation: ``elementwise`` or ``gradcam`` (see the module docstring).
         num_clusters: k of the pixel k-means.
@@ -146,6 +164,8 @@ class PSMModule(SSLModule):
         backbone: nn.Module,
         augment: nn.Module | None = None,
         optimizer: OptimizerCallable | None = None,
+        objective: Objective = "siamese",
+        clustering: Clustering = "cue",
         projection_hidden_dim: int = 512,
         projection_dim: int = 128,
         activation_layers: tuple[int, ...] = (0, 1),
@@ -170,10 +190,17 @@ class PSMModule(SSLModule):
             augment = PathologyViewAugment(size=128, scale=(0.2, 1.0), mean=mean, std=std)
         check_view_normalization(augment, normalization)
         super().__init__(backbone, augment, optimizer, warmup_steps, base_lr_batch_size)
+        if objective not in ("siamese", "rotation"):
+            raise ValueError(f"objective must be 'siamese' or 'rotation', got {objective!r}")
+        if clustering not in ("cue", "colour_prior"):
+            raise ValueError(f"clustering must be 'cue' or 'colour_prior', got {clustering!r}")
         save_init_hyperparameters(self)
         width = backbone.num_features
-        self.projector = MLPHead(width, projection_hidden_dim, projection_dim)
-        self.predictor = MLPHead(projection_dim, projection_hidden_dim, projection_dim)
+        if objective == "siamese":
+            self.projector = MLPHead(width, projection_hidden_dim, projection_dim)
+            self.predictor = MLPHead(projection_dim, projection_hidden_dim, projection_dim)
+        else:
+            self.output = nn.Linear(width, 1)
         self.val_metrics = NucleiMetrics(prefix="val/")
         self.test_metrics = NucleiMetrics(prefix="test/")
         self.val_detection = DetectionMetrics(num_cell_classes, detection_radius, "val/det_")
@@ -190,6 +217,10 @@ class PSMModule(SSLModule):
         z = self.projector(maps[-1].mean(dim=(2, 3)))
         return z, self.predictor(z)
 
+    def rotation_output(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The ``rotation`` objective's one output per image (B,) from the backbone's maps."""
+        return self.output(maps[-1].mean(dim=(2, 3))).squeeze(1)
+
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         rgb = (images * self.std + self.mean).clamp(0.0, 1.0)
         return list(self.augment(rgb.repeat(2, 1, 1, 1)).chunk(2))
@@ -202,6 +233,13 @@ class PSMModule(SSLModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         view1, view2 = batch["views"]
+        if self.hparams.objective == "rotation":
+            turned = torch.rot90(view1, 2, (2, 3))
+            maps = self.backbone(torch.cat([view1, turned]))
+            output, output_turned = self.rotation_output(maps).float().chunk(2)
+            loss = (output - output_turned).abs().mean()
+            self.log_step(loss, maps[-1][: len(view1)].mean(dim=(2, 3)))
+            return loss
         z, p = self.embed(self.backbone(torch.cat([view1, view2])))
         (z1, z2), (p1, p2) = z.chunk(2), p.chunk(2)
         loss = (byol_loss(p1, z2.detach()) + byol_loss(p2, z1.detach())) / 2
@@ -216,11 +254,16 @@ class PSMModule(SSLModule):
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 x = images.detach().clone()
-                with torch.no_grad():
-                    target, _ = self.embed(self.backbone(torch.rot90(x.flip(3), 1, (2, 3))))
-                maps = self.backbone(x)
-                _, prediction = self.embed(maps)
-                loss = byol_loss(prediction, target)
+                if self.hparams.objective == "rotation":
+                    maps = self.backbone(x)
+                    loss = self.rotation_output(maps).sum()
+                else:
+                    with torch.no_grad():
+                        turned = torch.rot90(x.flip(3), 1, (2, 3))
+                        target, _ = self.embed(self.backbone(turned))
+                    maps = self.backbone(x)
+                    _, prediction = self.embed(maps)
+                    loss = byol_loss(prediction, target)
                 layers = [maps[i] for i in self.hparams.activation_layers]
                 return gradient_activation_map(layers, loss, x.shape[-2:], self.hparams.aggregation)
         finally:
@@ -234,9 +277,12 @@ class PSMModule(SSLModule):
         for activation, rgb in zip(activations, batch_rgb(batch, hp.normalization), strict=True):
             # One colour deconvolution per image serves the clustering and the refinement.
             colour = smoothed_cell_cue(rgb, hp.cue, hp.smooth_sigma)
-            binary = psm_binary_mask(
-                colour, activation, hp.num_clusters, hp.activation_weight, seed=hp.cluster_seed
-            )
+            if hp.clustering == "colour_prior":
+                binary = colour_prior_mask(rgb, activation, hp.num_clusters, hp.cluster_seed)
+            else:
+                binary = psm_binary_mask(
+                    colour, activation, hp.num_clusters, hp.activation_weight, hp.cluster_seed
+                )
             binary = clean_binary(binary, hp.min_area)
             if hp.refine_pad is not None:
                 binary = refine_outlines_locally(colour, binary, hp.refine_pad)

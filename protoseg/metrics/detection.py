@@ -71,8 +71,10 @@ class DetectionMetrics(Metric):
     """Detection precision / recall / F1 over a dataset, per class and averaged.
 
     TP/FP/FN are summed over images per class (a dataset-level count); ``compute`` returns
-    ``precision``, ``recall``, ``f1`` averaged over classes (macro) and ``f1_class<c>`` per
-    class. Under DDP the counts are summed over ranks.
+    ``precision``, ``recall``, ``f1`` averaged over classes (macro) and, with several
+    classes, ``precision_class<c>``, ``recall_class<c>`` and ``f1_class<c>`` per class (a set
+    whose points name one class only, e.g. BCData's positive cells, is read there). Under DDP
+    the counts are summed over ranks.
 
     Args:
         num_classes: number of cell classes (1: class-agnostic detection).
@@ -138,5 +140,6 @@ class DetectionMetrics(Metric):
         }
         if self.num_classes > 1:
             for c, scores in enumerate(per_class):
-                out[f"{self.prefix}f1_class{c}"] = torch.tensor(scores["f1"])
+                for key, value in scores.items():
+                    out[f"{self.prefix}{key}_class{c}"] = torch.tensor(value)
         return out

@@ -80,6 +80,10 @@ def test_metric_matches_only_within_a_class_and_sums_over_images() -> None:
     # class 0: tp 1, fp 1, fn 0 -> P 0.5, R 1, F1 2/3; class 1: tp 0, fp 0, fn 2 -> P 1, R 0, F1 0.
     assert out["val/f1_class0"].item() == pytest.approx(2 / 3)
     assert out["val/f1_class1"].item() == pytest.approx(0.0)
+    assert out["val/precision_class0"].item() == pytest.approx(0.5)
+    assert out["val/recall_class0"].item() == pytest.approx(1.0)
+    assert out["val/precision_class1"].item() == pytest.approx(1.0)
+    assert out["val/recall_class1"].item() == pytest.approx(0.0)
     assert out["val/precision"].item() == pytest.approx(0.75)
     assert out["val/recall"].item() == pytest.approx(0.5)
     assert out["val/f1"].item() == pytest.approx(1 / 3)

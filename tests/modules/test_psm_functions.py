@@ -15,8 +15,10 @@ from protoseg.modules.psm import (
     cell_points,
     classify_cells,
     cluster_pixels,
+    colour_prior_mask,
     foreground_cluster,
     gradient_activation_map,
+    jet_bgr,
     normalize_per_image,
     psm_binary_mask,
     smoothed_cell_cue,
@@ -154,3 +156,18 @@ def test_anti_correlated_activation_is_oriented_by_the_colour_cue() -> None:
     activation = np.where(truth, 0.1, 0.9)  # lights up the background, not the nuclei
     mask = psm_binary_mask(smoothed_cell_cue(image), activation, num_clusters=2)
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
+
+
+def test_jet_matches_opencv_and_colour_prior_keeps_the_dark_active_cluster() -> None:
+    cv2 = pytest.importorskip("cv2")
+    values = np.arange(256, dtype=np.uint8).reshape(1, -1)
+    reference = cv2.applyColorMap(values, cv2.COLORMAP_JET)[0] / 255.0
+    np.testing.assert_allclose(jet_bgr(values / 255.0)[0], reference, atol=1 / 255)
+    # Dark purple nuclei where the map is high, pink stroma and white glass elsewhere.
+    image = np.full((30, 30, 3), (235, 170, 205), np.uint8)
+    image[:, 20:] = 245
+    image[5:12, 5:12] = (80, 60, 150)
+    activation = np.full((30, 30), 0.2)
+    activation[5:12, 5:12] = 0.9
+    mask = colour_prior_mask(image, activation, num_clusters=3)
+    assert mask[5:12, 5:12].all() and mask.sum() == 49
