@@ -36,6 +36,30 @@ def monuseg_train(shared_data: Path) -> Path:
     return root
 
 
+DISC_STROMA = (235, 170, 205)  # eosin pink
+DISC_NUCLEUS = (80, 60, 150)  # hematoxylin purple-blue
+
+
+def _nuclei_discs(radius: float, size: int = 240, seed: int = 0) -> np.ndarray:
+    """Nuclei of ``radius`` px on a grid, jittered, on pink stroma: (size, size, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = DISC_STROMA
+    step = int(4 * radius)
+    for row in range(step // 2, size - step // 2, step):
+        for col in range(step // 2, size - step // 2, step):
+            centre = (row + rng.integers(-2, 3), col + rng.integers(-2, 3))
+            image[disk(centre, radius, shape=image.shape[:2])] = DISC_NUCLEUS
+    noise = rng.normal(0, 4, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def nuclei_discs() -> Callable[..., np.ndarray]:
+    """``make(radius, size=240, seed=0)``: an H&E-like image of nuclei of ``radius`` px."""
+    return _nuclei_discs
+
+
 # --- Tiny synthetic MoNuSeg-layout roots (io and datamodule tests) ---------------------------
 
 MakeRoot = Callable[..., Path]
