@@ -408,6 +408,40 @@ def test_images_at_another_resolution_are_resampled_with_their_labels(
         data(root, image_mpp=0.0)
 
 
+def test_auto_image_mpp_reads_the_scale_from_the_nuclei(
+    tmp_path: Path,
+    make_monuseg_root: MakeRoot,
+    nuclei_discs: Callable[..., np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The fixture's nuclei are 4-7 px in radius, about half MoNuSeg's 10 px at 0.25 µm/px.
+    root = make_monuseg_root(tmp_path / "r", n_images=3, size=96)
+    module = data(root, val_fraction=0.0, image_mpp="auto")
+    module.setup("fit")
+    assert 1.5 < module.store.scale < 2.5
+    (batch,) = list(module.val_dataloader())[:1]
+    assert batch["image"].shape[-1] == round(96 * module.store.scale)
+    said = capsys.readouterr().err
+    assert "no image_mpp given" in said and "resampled by" in said and str(root) in said
+    # Nuclei of MoNuSeg's size are read as they are.
+    big = tmp_path / "big"
+    (big / "images").mkdir(parents=True)
+    for seed in range(2):
+        Image.fromarray(nuclei_discs(10, seed=seed)).save(big / "images" / f"im{seed}.png")
+    native = data(big, image_mpp="auto", label_source="none")
+    native.setup("predict")
+    assert native.store.scale == 1.0
+    assert "read as they are" in capsys.readouterr().err
+    # Glass only: no scale to read, and the error names the root.
+    glass = tmp_path / "glass"
+    (glass / "images").mkdir(parents=True)
+    Image.fromarray(np.full((64, 64, 3), 240, np.uint8)).save(glass / "images" / "g.png")
+    with pytest.raises(DataError, match="image_mpp auto: no nuclei"):
+        data(glass, image_mpp="auto", label_source="none").setup("predict")
+    with pytest.raises(ValueError, match="image_mpp must be a number, 'auto' or None"):
+        data(root, image_mpp="fast")
+
+
 def plain_mask(index: int) -> np.ndarray:
     mask = np.zeros((64, 64), bool)
     mask[8 + index : 30, 10:40] = True
