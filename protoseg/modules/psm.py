@@ -236,10 +236,9 @@ def classify_cells(
     Ki-67 positivity is DAB staining, so the classes are cut along DAB alone and numbered by
     ascending DAB: in IHC, class 0 is the negative (blue) cells and class
     ``num_classes - 1`` the most DAB-positive (brown) ones. A k-means on the hematoxylin,
-    eosin and DAB densities together (z-scored) split along the counterstain as readily: on
-    the real BCData sample image (32 positive cells, ``make bench-bcdata-sample``) it put
-    half the brown cells in the negative class (positive-class F1 0.59 at 10 px, against
-    0.68 on DAB alone, same cells).
+    eosin and DAB densities together (z-scored) splits along the counterstain as readily: on
+    the real BCData sample image it put about half the brown cells in the negative class
+    (docs/nuclei.md, "BCData").
     """
     ids = np.unique(instances)
     ids = ids[ids > 0]
