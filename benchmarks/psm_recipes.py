@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--authors-checkpoint", default=None, help="default: random init")
     parser.add_argument("--ours-masks", type=Path, required=True)
     parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument(
+        "--maps-cache", type=Path, default=None, help="keep (and reuse) the authors' maps here"
+    )
     parser.add_argument("--output", default="benchmarks/results/psm_recipes.json")
     args = parser.parse_args()
 
@@ -112,8 +115,15 @@ def main() -> None:
         image, truth = store.load(record)
         rgb, truth = central(image, args.crop), central(truth, args.crop).astype(np.int64)
         start = time.perf_counter()
-        tensor = normalize(rgb, IMAGENET_MEAN, IMAGENET_STD)[None]
-        activation = model(tensor)[0, 0].float().numpy()
+        cached = None if args.maps_cache is None else args.maps_cache / f"{record.stem}.npy"
+        if cached is not None and cached.is_file():
+            activation = np.load(cached)
+        else:
+            tensor = normalize(rgb, IMAGENET_MEAN, IMAGENET_STD)[None]
+            activation = model(tensor)[0, 0].float().numpy()
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cached, activation)
         authors = clean_binary(colour_prior_mask(rgb, activation, 3, seed=0), 200)
         seconds += time.perf_counter() - start
         flat = np.full_like(activation, 0.5)
