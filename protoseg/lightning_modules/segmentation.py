@@ -116,14 +116,18 @@ class SegmentationModule(L.LightningModule):
         node (its DDP ranks each run a pool), lays the weights out channels-last for a DDP fit
         (:mod:`~protoseg.lightning_modules.ddp_layout`), refuses a fit on images without
         labels or pseudo masks, and has the post-processing load its networks' weights
-        before a fit (a checkpoint restores them after)."""
+        before a fit (a checkpoint restores them after) or check them before the other
+        stages."""
         if self._trainer is not None:
             self.pool.share(max(1, self._trainer.num_devices))
         channels_last_under_ddp(self, stage)
+        datamodule = getattr(self._trainer, "datamodule", None)
+        data = dict(getattr(datamodule, "hparams", {}))
         if stage == "fit":
             require_labelled_crops(self.trainer, "SegmentationModule")
-            datamodule = getattr(self.trainer, "datamodule", None)
-            self.postprocess.prepare_fit(dict(getattr(datamodule, "hparams", {})))
+            self.postprocess.prepare_fit(data)
+        else:
+            self.postprocess.check(data)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Reads a checkpoint of the module before its post-processing was a part

@@ -93,6 +93,11 @@ class InstanceSplit(nn.Module):
         """Before a fit: loads the weights of the strategy's networks and checks them
         against ``data``, the head's datamodule's hyperparameters. Nothing to do here."""
 
+    def check(self, data: Mapping[str, Any]) -> None:
+        """Before a validation, test or prediction: checks the strategy's networks (their
+        weights come from the head's checkpoint) against ``data`` as :meth:`prepare_fit`
+        would. Nothing to do here."""
+
     def complete_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The strategy's ``class_path`` config as a head's checkpoint should keep it: with
         whatever the strategy read from elsewhere filled in. As given here."""

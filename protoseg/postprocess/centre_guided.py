@@ -62,10 +62,10 @@ def build_network(spec: Mapping[str, Any]) -> nn.Module:
     return parser.instantiate_classes(parser.parse_object({"net": dict(spec)})).net
 
 
-def detector_network(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The network a detector checkpoint was trained with (untrained: the weights load with
-    :func:`load_detector_weights`) and its config."""
-    hparams = read_detector(path).get("hyper_parameters") or {}
+def detector_network(path: str | Path, saved: Mapping[str, Any]) -> tuple[nn.Module, dict]:
+    """The network the detector ``saved`` (read from ``path``) was trained with, untrained
+    (:meth:`CentreGuidedSplit.prepare_fit` loads its weights), and its config."""
+    hparams = saved.get("hyper_parameters") or {}
     spec = hparams.get("net")
     if not isinstance(spec, Mapping) or "class_path" not in spec:
         raise DataError(
@@ -73,6 +73,25 @@ def detector_network(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             "detector is fitted with the protoseg CLI): give CentreGuidedSplit its centre_net"
         )
     return build_network(spec), dict(spec)
+
+
+def refuse_votes_without_offsets(path: str | Path, saved: Mapping[str, Any]) -> None:
+    """Refuses, naming the file, a detector whose offsets ``centre_votes`` cannot trust:
+    trained without them (``offset_weight: 0``), or a file that does not say (a plain state
+    dict, a checkpoint without ``hyper_parameters.offset_weight``)."""
+    weight = (saved.get("hyper_parameters") or {}).get("offset_weight")
+    if weight is None:
+        raise DataError(
+            f"{path}: does not say whether the detector was trained with centre offsets (no "
+            "hyper_parameters.offset_weight), and centre_votes reads them: give the "
+            "CentreDetectorModule checkpoint, or set centre_votes: false"
+        )
+    if weight <= 0:
+        raise DataError(
+            f"{path}: the detector was trained without centre offsets (offset_weight: "
+            f"{weight}), and centre_votes reads them: set centre_votes: false, or fit the "
+            "detector with offset_weight > 0"
+        )
 
 
 def _one_line(error: Exception) -> str:
@@ -97,7 +116,9 @@ class CentreGuidedSplit(DistanceSplit):
             ``centre_net`` is given, and its weights load when a fit starts (a head's
             checkpoint holds them afterwards). The fit is refused, naming the file, when the
             weights do not fit, when ``centre_votes`` reads a detector trained without
-            offsets (``offset_weight: 0``), or when the detector's datamodule normalised its
+            offsets (``offset_weight: 0``), one whose file does not say, or one whose network
+            gives no offsets (also before a validation or prediction, where the file is
+            there: :meth:`check`), or when the detector's datamodule normalised its
             images or sized its pixels otherwise than the head's (``mean``, ``std``,
             ``mpp``).
         centre_net: the detector's network, a heatmap logit first (then the row and col
@@ -156,7 +177,7 @@ class CentreGuidedSplit(DistanceSplit):
                 raise ValueError(
                     "CentreGuidedSplit needs detector: the centre detector's checkpoint"
                 )
-            centre_net, self.network_config = detector_network(detector)
+            centre_net, self.network_config = detector_network(detector, read_detector(detector))
         self.detector = detector
         self.centre_net = centre_net.requires_grad_(False)
         self.centre_offset = centre_offset
@@ -176,26 +197,11 @@ class CentreGuidedSplit(DistanceSplit):
         return {**config, "init_args": init_args}
 
     def prepare_fit(self, data: Mapping[str, Any]) -> None:
-        """Loads the detector's weights from ``detector`` and refuses, naming the file, a
-        detector that does not fit this strategy or the head's datamodule (``data``: its
-        hyperparameters)."""
+        """Loads the detector's weights from ``detector``, after :meth:`check_detector`."""
         if self.detector is None:
             raise ValueError("CentreGuidedSplit needs detector to fit: the detector's checkpoint")
         saved = read_detector(self.detector)
-        hparams = saved.get("hyper_parameters") or {}
-        if self.centre_votes and hparams.get("offset_weight", 1.0) <= 0:
-            raise DataError(
-                f"{self.detector}: the detector was trained without centre offsets "
-                "(offset_weight: 0), and centre_votes reads them: set centre_votes: false, or "
-                "fit the detector with offset_weight > 0"
-            )
-        trained_on = saved.get("datamodule_hyper_parameters") or {}
-        for key in SHARED_DATA_SETTINGS:
-            if key in trained_on and key in data and not _same(trained_on[key], data[key]):
-                raise DataError(
-                    f"{self.detector}: the detector's datamodule had {key} {trained_on[key]}, "
-                    f"the head's has {data[key]}: give both stages the same data.init_args.{key}"
-                )
+        self.check_detector(saved, data)
         state = saved["state_dict"]
         state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
         try:
@@ -204,6 +210,42 @@ class CentreGuidedSplit(DistanceSplit):
             raise DataError(
                 f"{self.detector}: weights do not fit centre_net: {_one_line(error)}"
             ) from error
+        self.check_outputs()
+
+    def check(self, data: Mapping[str, Any]) -> None:
+        """Before a validation or prediction (the weights come from a head's checkpoint):
+        :meth:`check_detector` where ``detector`` is there to read, and
+        :meth:`check_outputs`, so that votes turned on since the fit are refused too."""
+        if self.detector is not None and Path(self.detector).is_file():
+            self.check_detector(read_detector(self.detector), data)
+        self.check_outputs()
+
+    def check_detector(self, saved: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+        """Refuses, naming the file, a detector (``saved``) that does not fit this strategy
+        (votes without trained offsets, :func:`refuse_votes_without_offsets`) or the head's
+        datamodule (``data``: its hyperparameters, :data:`SHARED_DATA_SETTINGS`)."""
+        if self.centre_votes:
+            refuse_votes_without_offsets(self.detector, saved)
+        trained_on = saved.get("datamodule_hyper_parameters") or {}
+        for key in SHARED_DATA_SETTINGS:
+            if key in trained_on and key in data and not _same(trained_on[key], data[key]):
+                raise DataError(
+                    f"{self.detector}: the detector's datamodule had {key} {trained_on[key]}, "
+                    f"the head's has {data[key]}: give both stages the same data.init_args.{key}"
+                )
+
+    def check_outputs(self) -> None:
+        """Refuses ``centre_votes`` with a network that gives no offsets (3 outputs)."""
+        if not self.centre_votes:
+            return
+        device = next(self.centre_net.parameters(), torch.zeros(0)).device
+        outputs = self.guide(torch.zeros(1, 3, 64, 64, device=device), 64, 0).shape[1]
+        if outputs != 3:
+            raise DataError(
+                f"{self.detector}: the detector's network gives {outputs} output(s), and "
+                "centre_votes reads 3 (heatmap, row and col offsets): set centre_votes: "
+                "false, or fit the detector with offset_weight > 0"
+            )
 
     def guide(self, images: torch.Tensor, tile_size: int, tile_overlap: int) -> np.ndarray:
         """The detector's outputs (B, C, H, W): heatmap in [0, 1], then any offsets

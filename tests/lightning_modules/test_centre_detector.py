@@ -149,12 +149,37 @@ def test_the_network_comes_from_the_detector_s_checkpoint(tmp_path: Path) -> Non
 
 
 def test_detectors_that_do_not_fit_the_head_are_refused(tmp_path: Path) -> None:
-    """centre_votes with a detector trained without offsets, and a detector whose images
-    were normalised or sized otherwise than the head's, are refused naming the file."""
+    """centre_votes with a detector trained without offsets, one whose file does not say or
+    whose network gives no offsets, and a detector whose images were normalised or sized
+    otherwise than the head's, are refused in one line naming the file: before a fit, and
+    before a validation or prediction where the detector's file is there."""
     no_offsets = save_detector(tmp_path / "heat.ckpt", tiny_net(3), offset_weight=0.0)
-    with pytest.raises(DataError, match=r"heat.ckpt: the detector was trained without centre"):
+    trained_without = r"heat.ckpt: the detector was trained without centre offsets"
+    with pytest.raises(DataError, match=trained_without) as refused:
         CentreGuidedSplit(str(no_offsets), centre_votes=True).prepare_fit({})
-    CentreGuidedSplit(str(no_offsets), centre_votes=False).prepare_fit({})
+    assert "\n" not in str(refused.value)
+    split = CentreGuidedSplit(str(no_offsets), centre_votes=False)
+    split.prepare_fit({})
+    split.check({})
+    # A head's checkpoint rebuilt with its votes turned on since its fit.
+    rebuilt = CentreGuidedSplit(str(no_offsets), centre_net=tiny_net(3), centre_votes=True)
+    with pytest.raises(DataError, match=trained_without):
+        rebuilt.check({})
+    no_offsets.unlink()  # without the file the head's fit-time check stands
+    rebuilt.check({})
+    # A file that does not say how its offsets were trained: a plain state dict.
+    plain = tmp_path / "plain.pt"
+    torch.save(tiny_net(3).state_dict(), plain)
+    with pytest.raises(DataError, match=r"plain.pt: does not say whether the detector was"):
+        CentreGuidedSplit(str(plain), centre_net=tiny_net(3), centre_votes=True).prepare_fit({})
+    CentreGuidedSplit(str(plain), centre_net=tiny_net(3)).prepare_fit({})
+    # A network without offsets, its checkpoint claiming them.
+    one_output = save_detector(tmp_path / "one.ckpt", tiny_net(1), offset_weight=1.0)
+    with pytest.raises(DataError, match=r"one.ckpt: the detector's network gives 1 output"):
+        CentreGuidedSplit(str(one_output), centre_votes=True).prepare_fit({})
+    with pytest.raises(DataError, match=r"one.ckpt: the detector's network gives 1 output"):
+        CentreGuidedSplit(str(one_output), centre_votes=True).check({})
+    CentreGuidedSplit(str(one_output)).prepare_fit({})
     other = save_detector(tmp_path / "other.ckpt", tiny_net(3))
     saved = torch.load(other, weights_only=False)
     saved["datamodule_hyper_parameters"] = {"mean": (0.5, 0.5, 0.5), "std": [0.2] * 3, "mpp": 0.25}

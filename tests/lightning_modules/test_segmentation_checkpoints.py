@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_cli import tiny_overrides
 
-from protoseg.cli import build_cli
+from protoseg.cli import build_cli, main
 from protoseg.lightning_modules.legacy import upgrade_segmentation_checkpoint
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.networks import UNet
@@ -29,19 +29,21 @@ def net_spec(classes: int = 3) -> dict:
     return {"class_path": UNET, "init_args": {"num_classes": classes, "decoder_channels": CHANNELS}}
 
 
-def save_detector(path: Path) -> Path:
+def save_detector(path: Path, offset_weight: float = 1.0) -> Path:
     """A detector checkpoint as the CLI writes it (network config, offsets trained)."""
     state = {f"net.{k}": v for k, v in tiny_net(3).state_dict().items()}
-    hparams = {"net": net_spec(3), "offset_weight": 1.0}
+    hparams = {"net": net_spec(3), "offset_weight": offset_weight}
     torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
     return path
 
 
 def test_a_head_validates_without_its_detector_s_file(
-    tiny_monuseg_root: Path, tmp_path: Path
+    tiny_monuseg_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The head's config names only the detector's checkpoint; the fitted head's checkpoint
-    keeps the detector's network config and weights, so it validates once the file is gone."""
+    keeps the detector's network config and weights, so it validates once the file is gone.
+    Where the file is there and says its offsets were not trained, the head's votes are
+    refused in one line (exit 2)."""
     detector = save_detector(tmp_path / "detector.ckpt")
     run_dir = tmp_path / "run"
     args = [
@@ -66,6 +68,17 @@ def test_a_head_validates_without_its_detector_s_file(
     restored = SegmentationModule.load_from_checkpoint(last)
     for key, value in trained.items():
         torch.testing.assert_close(restored.state_dict()[key], value)
+    save_detector(detector, offset_weight=0.0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(["validate", *args[:-1], f"--ckpt_path={last}"])
+    assert stopped.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == (
+        f"protoseg: error: {detector}: the detector was trained without centre offsets "
+        "(offset_weight: 0.0), and centre_votes reads them: set centre_votes: false, or fit "
+        "the detector with offset_weight > 0"
+    )
 
 
 def legacy_checkpoint(module: SegmentationModule, path: Path, **flags: object) -> Path:
