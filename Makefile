@@ -72,13 +72,18 @@ bench-monuseg-colour: ## Label-free reference without a network: Otsu of hematox
 CHAIN_ACCELERATOR ?= cpu
 # More arguments of the chains, e.g. CHAIN_ARGS=--resume to finish a run cut short.
 CHAIN_ARGS ?=
+# trainer.precision of every stage and of the test predictions, e.g. CHAIN_PRECISION=32-true
+# to time a float32-only CPU on one with bf16 (with ONEDNN_MAX_CPU_ISA=AVX2
+# ATEN_CPU_CAPABILITY=avx2); empty: each config's own.
+CHAIN_PRECISION ?=
+chain_precision = $(if $(CHAIN_PRECISION),--trainer.precision=$(CHAIN_PRECISION))
 # $(call chain,CHAIN,RUN_DIR,RESULT): protoseg chain on the MoNuSeg training images.
 chain = $(BIN)/protoseg chain configs/chains/$(1).yaml --run_dir $(2) --output $(RESULTS)/$(3).json \
-	--data.root $(DATA)/monuseg/train --trainer.accelerator=$(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
+	--data.root $(DATA)/monuseg/train --trainer.accelerator=$(CHAIN_ACCELERATOR) $(chain_precision) $(CHAIN_ARGS)
 # $(call predict_test,CONFIG,RUN_DIR): the chain's head predicts the 14 MoNuSeg test images.
 define predict_test
 	$(BIN)/protoseg predict --config $(1) --trainer.accelerator=$(CHAIN_ACCELERATOR) \
-		--ckpt_path $(2)/segment/checkpoints/last.ckpt \
+		$(chain_precision) --ckpt_path $(2)/segment/checkpoints/last.ckpt \
 		--data.root $(DATA)/monuseg/test --output_dir $(2)/test_predictions
 	@echo "instance maps written: $$(ls $(2)/test_predictions/*.png | grep -vc _overlay)"
 endef
@@ -88,7 +93,7 @@ bench-monuseg-patchcontrast: ## Label-free chain (configs/chains/monuseg_patchco
 	$(call predict_test,configs/patch_contrast/segment_monuseg.yaml,$(BENCH_PC))
 
 BENCH_PSM := runs/bench_psm
-bench-monuseg-psm: ## Label-free chain (configs/chains/monuseg_psm.yaml) on the 30 training images (<60 min, 2 CPU cores), then predict the 14 test images (CHAIN_ACCELERATOR=gpu on a GPU)
+bench-monuseg-psm: ## Label-free chain (configs/chains/monuseg_psm.yaml) on the 30 training images, then predict the 14 test images (<=30 min on 2 float32 CPU cores by estimate, docs/nuclei.md; CHAIN_ACCELERATOR=gpu on a GPU)
 	$(call chain,monuseg_psm,$(BENCH_PSM),monuseg_psm)
 	$(call predict_test,configs/psm/segment_monuseg.yaml,$(BENCH_PSM))
 
