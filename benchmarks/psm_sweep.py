@@ -32,7 +32,9 @@ import copy
 import json
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -194,10 +196,13 @@ class Evaluator:
     """Mean scores of settings over a set of images, each threshold's objects kept per
     image while the settings that make them stay the same."""
 
-    def __init__(self, images: list[Inputs]) -> None:
+    def __init__(self, images: list[Inputs], keep: int = 3, threads: int = 2) -> None:
         self.images = images
-        self._key: str | None = None
-        self._objects: dict[tuple[int, float], np.ndarray] = {}
+        self.keep = keep
+        self.threads = threads
+        # The objects of the ``keep`` settings used last (a coordinate search comes back to
+        # its current settings after each candidate), uint16 where the ids fit.
+        self._objects: OrderedDict[str, dict[tuple[int, float], np.ndarray]] = OrderedDict()
         self.seen: dict[str, dict[str, float]] = {}
 
     def split(self, settings: Settings) -> InstanceSplit:
@@ -212,17 +217,26 @@ class Evaluator:
                 if k not in AFTER_OBJECTS and k not in ("detector", "centre_net")
             ]
         )
-        if key != self._key:
-            self._key, self._objects = key, {}
-        if (index, t) not in self._objects:
+        if key not in self._objects:
+            self._objects[key] = {}
+            while len(self._objects) > self.keep:
+                self._objects.popitem(last=False)
+        self._objects.move_to_end(key)
+        kept = self._objects[key]
+        if (index, t) not in kept:
             image = self.images[index]
-            self._objects[(index, t)] = split.objects(image.probs, image.guide, t)
-        return self._objects[(index, t)]
+            objects = split.objects(image.probs, image.guide, t)
+            if objects.max(initial=0) <= np.iinfo(np.uint16).max:
+                objects = objects.astype(np.uint16)
+            kept[(index, t)] = objects
+        return kept[(index, t)].astype(np.int32)
 
-    def instances(self, settings: Settings, index: int) -> np.ndarray:
+    def instances(
+        self, settings: Settings, index: int, split: InstanceSplit | None = None
+    ) -> np.ndarray:
         """What ``build_network(settings)(probs, guide)`` gives for image ``index``, from the
-        kept objects (:func:`check_same` proves it)."""
-        split = self.split(settings)
+        kept objects (:func:`check_same` proves it); ``split``: that network, built once."""
+        split = self.split(settings) if split is None else split
         image = self.images[index]
         candidates = []
         for t in split.thresholds:
@@ -238,9 +252,19 @@ class Evaluator:
         name = json.dumps(settings, sort_keys=True)
         if name not in self.seen:
             metrics = NucleiMetrics(prefix="")
-            for index, image in enumerate(self.images):
-                found = self.instances(settings, index)
-                metrics.update(scores=[nuclei_scores(found, image.target)])
+
+            split = self.split(settings)
+
+            def score(index: int) -> dict[str, float]:
+                found = self.instances(settings, index, split)
+                return nuclei_scores(found, self.images[index].target)
+
+            # The first image on this thread (it makes the settings' cache entry), the rest
+            # in threads: scipy's and skimage's filters release the GIL.
+            metrics.update(scores=[score(0)])
+            with ThreadPoolExecutor(self.threads) as pool:
+                for scores in pool.map(score, range(1, len(self.images))):
+                    metrics.update(scores=[scores])
             self.seen[name] = {k: round(float(v), 4) for k, v in metrics.compute().items()}
         return self.seen[name]
 
