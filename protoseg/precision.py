@@ -5,11 +5,11 @@ On a CPU with AVX512-BF16 or AMX (Intel Sapphire Rapids and later, AMD Zen 4 and
 8 x 224² on a 2-core Sapphire Rapids VM). Without them oneDNN emulates bf16 and the same step
 takes 10.9 s instead of 0.88 s (measured with ``ONEDNN_MAX_CPU_ISA=AVX2``), so the CLI falls
 back to full precision there rather than let a config written for one machine crawl on another.
+It does so silently (the run's saved ``config.yaml`` holds the precision it ran at): nothing
+is for the user to do about it.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 
@@ -28,17 +28,7 @@ def runs_on_cpu(accelerator: object) -> bool:
 
 
 def resolve_precision(precision: object, accelerator: object) -> object:
-    """``precision``, except that bf16 on a CPU without native bf16 becomes ``32-true``.
-
-    Warns when it changes the setting, naming both values and the reason.
-    """
+    """``precision``, except that bf16 on a CPU without native bf16 becomes ``32-true``."""
     if str(precision) not in ("bf16-mixed", "bf16") or not runs_on_cpu(accelerator):
         return precision
-    if cpu_has_native_bf16():
-        return precision
-    warnings.warn(
-        f"trainer.precision={precision} on a CPU without AVX512-BF16/AMX would run about 10x "
-        "slower than float32 (bf16 is emulated there); using precision=32-true instead.",
-        stacklevel=2,
-    )
-    return "32-true"
+    return precision if cpu_has_native_bf16() else "32-true"
