@@ -12,6 +12,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from protoseg.io.checkpoints import describe_checkpoint, read_checkpoint
+from protoseg.io.errors import DataError
+
 # Prefixes other protoseg stages and common checkpoints put before timm's own keys
 # (a Lightning checkpoint of an SSL module holds ``backbone.model.<timm key>``, one of the
 # segmentation head ``net.net.encoder.model.<timm key>``).
@@ -41,14 +44,15 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     differs from the model's are skipped; parameters left unmatched keep their init (warned).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: no tensor of the file matches the model.
+        DataError: the file is missing or not a checkpoint
+            (:func:`~protoseg.io.checkpoints.read_checkpoint`), or no tensor of it matches
+            the model (the message says what the file holds).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: backbone weights file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    loaded = read_checkpoint(path, "backbone weights")
+    state = loaded.get("state_dict", loaded)
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: backbone weights hold no state dict")
     target = model.state_dict()
     matched: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -57,7 +61,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
                 matched[name] = value
                 break
     if not matched:
-        raise ValueError(f"{path}: no tensor matches the backbone's parameters")
+        raise DataError(
+            f"{path}: no tensor of {describe_checkpoint(loaded)} fits the "
+            f"{type(model).__name__} backbone"
+        )
     missing = [key for key in target if key not in matched]
     if missing:
         rank_zero_warn(f"{path}: {len(missing)} backbone tensors not in the file ({missing[0]}...)")

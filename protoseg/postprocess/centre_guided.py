@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protoseg.io.checkpoints import check_stage_checkpoint, is_lightning_checkpoint, read_checkpoint
 from protoseg.io.errors import DataError
 from protoseg.modules.centre_votes import vote_heatmap
 from protoseg.modules.centres import centre_maps
@@ -26,6 +27,8 @@ from protoseg.modules.postprocess import most_convex_candidates
 from protoseg.modules.pseudo_masks import binary_to_instances
 from protoseg.postprocess.distance import DistanceSplit
 
+#: The stage whose checkpoint ``detector`` names.
+CENTRE_DETECTOR = "protoseg.lightning_modules.centre_detector.CentreDetectorModule"
 #: Datamodule settings the detector and the head must share: normalisation and µm per px.
 SHARED_DATA_SETTINGS = ("mean", "std", "mpp")
 
@@ -36,18 +39,14 @@ def read_detector(path: str | Path) -> dict[str, Any]:
     state dict of its network (then ``{"state_dict": {"net.<key>": ...}}``).
 
     Raises:
-        FileNotFoundError: no such file.
-        DataError: not a torch file, or one holding something else than a dict.
+        DataError: no such file, not a checkpoint (:func:`~protoseg.io.checkpoints.
+            read_checkpoint`), or another stage's Lightning checkpoint (a segmentation
+            head's network may have the detector's shapes).
     """
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: centre detector checkpoint not found (detector)")
-    try:
-        saved = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: pickle, zip or torch errors
-        raise DataError(f"{file}: not a readable torch checkpoint: {error}") from error
-    if not isinstance(saved, dict):
-        raise DataError(f"{file}: holds a {type(saved).__name__}, not a checkpoint or state dict")
+    saved = read_checkpoint(file, "centre detector checkpoint (detector)")
+    if is_lightning_checkpoint(saved):
+        check_stage_checkpoint(file, saved, CENTRE_DETECTOR, "the detector's stage")
     if "state_dict" not in saved:
         return {"state_dict": {f"net.{key}": value for key, value in saved.items()}}
     return saved

@@ -12,6 +12,7 @@ import torch
 
 from protoseg.cli import build_cli
 from protoseg.datamodules.monuseg import MoNuSegDataModule
+from protoseg.io.errors import DataError
 from protoseg.lightning_modules.linear_probe import LinearProbeModule, mask_to_instances
 from protoseg.modules.backbones import TimmBackbone, save_encoder_checkpoint
 
@@ -111,5 +112,5 @@ def test_config_builds_through_the_cli(tiny_monuseg_root: Path, tmp_path: Path) 
 
 
 def test_missing_encoder_weights_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(DataError, match="missing.ckpt: backbone weights file does not exist"):
         LinearProbeModule(encoder="test_resnet", encoder_weights=str(tmp_path / "missing.ckpt"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from protoseg.io.errors import DataError
 from protoseg.modules.backbones import TimmBackbone, encoder_checkpoint, save_encoder_checkpoint
 from protoseg.modules.heads import (
     DINOHead,
@@ -64,7 +65,7 @@ def test_timm_backbone_pools_features() -> None:
 
 def test_weights_file_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope.ckpt"
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(DataError, match="nope.ckpt: backbone weights file does not exist"):
         TimmBackbone("test_resnet", weights=str(missing))
     unrelated = tmp_path / "unrelated.pt"
     torch.save({"head.weight": torch.zeros(2, 2)}, unrelated)

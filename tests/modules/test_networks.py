@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 
+from protoseg.io.errors import DataError
 from protoseg.modules.networks import UNet
 
 
@@ -31,7 +32,7 @@ def test_loads_timm_and_lightning_style_state_dicts(tmp_path: Path) -> None:
 
 
 def test_bad_weights_paths_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(DataError, match="missing.pt: backbone weights file does not exist"):
         UNet("resnet18", encoder_weights=str(tmp_path / "missing.pt"))
     unrelated = tmp_path / "unrelated.pt"
     torch.save({"foo": torch.zeros(3)}, unrelated)
