@@ -1,4 +1,4 @@
-"""Stop cleanly on SIGTERM or SIGUSR1 and save ``last.ckpt``, so that a rerun resumes there.
+"""Stop cleanly on SIGTERM, SIGUSR1 or Ctrl-C and save ``last.ckpt``, so that a rerun resumes there.
 
 What Lightning 2.6 does by itself, and what this callback adds:
 
@@ -10,6 +10,10 @@ What Lightning 2.6 does by itself, and what this callback adds:
   requeues the job; anywhere else it installs no handler and the default action kills the
   process on the spot. This callback chains a handler after Lightning's: training stops at
   the end of the current step (any rank's signal stops all ranks) and saves, as for SIGTERM.
+- **SIGINT** (Ctrl-C): Lightning catches the ``KeyboardInterrupt`` wherever it lands (in the
+  middle of a step, the optimizer's included), saves nothing and exits with status 1. During
+  training this callback takes SIGINT as it takes SIGUSR1: the step finishes, ``last.ckpt``
+  is saved and the process exits with 130. A second Ctrl-C stops at once, unsaved.
 
 The checkpoint goes where the run's first ``ModelCheckpoint(save_last=True)`` keeps its last
 checkpoint (``last.ckpt``, the same file that callback overwrites), so that
@@ -24,6 +28,7 @@ shell chain ``fit && predict`` does not go on with an unfinished model.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -37,11 +42,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class PreemptionCheckpoint(Callback):
-    """Saves ``last.ckpt`` when a fit is stopped by SIGTERM or SIGUSR1 (see the module doc).
+    """Saves ``last.ckpt`` when a fit is stopped by SIGTERM, SIGUSR1 or SIGINT (module doc).
 
     ``protoseg`` adds one to every run (``protoseg.cli.build_cli``); nothing to configure.
     Under DDP each step ends with one all-reduce of a boolean (whether any rank received
-    SIGUSR1), so that every rank stops after the same step.
+    SIGUSR1 or SIGINT), so that every rank stops after the same step.
     """
 
     def __init__(self) -> None:
@@ -56,6 +61,17 @@ class PreemptionCheckpoint(Callback):
 
         return handler
 
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self._requested = signum
+        # The next Ctrl-C raises KeyboardInterrupt as usual: a way out of a long step.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(
+            "\nprotoseg: Ctrl-C: stopping after this step and saving last.ckpt "
+            "(Ctrl-C again to stop at once, unsaved)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self._last_checkpoint_callback(trainer) is None:
             rank_zero_warn(
@@ -65,12 +81,16 @@ class PreemptionCheckpoint(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning registers its handlers just before training starts and restores the
-        # previous ones at teardown, which also removes this one.
+        # previous ones (of every signal) at teardown, which also removes these.
         self._requested = None
         self.saved_path = None
-        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if hasattr(signal, "SIGUSR1"):
             previous = signal.getsignal(signal.SIGUSR1)
             signal.signal(signal.SIGUSR1, self._on_sigusr1(previous))
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
 
     def on_train_batch_end(
         self,
@@ -83,7 +103,7 @@ class PreemptionCheckpoint(Callback):
         stop = trainer.strategy.reduce_boolean_decision(self._requested is not None, all=False)
         if stop:
             signum = self._requested or signal.SIGUSR1
-            rank_zero_info(f"protoseg: signal {signum} received, stopping after this step")
+            rank_zero_info(f"protoseg: signal {int(signum)} received, stopping after this step")
             raise SIGTERMException(128 + int(signum))
 
     def on_exception(
