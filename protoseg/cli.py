@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import importlib
-import os
 import signal
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from jsonargparse import Namespace
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import (
+    ArgsType,
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -25,14 +29,30 @@ from protoseg.commands import COMMANDS
 from protoseg.commands import main as commands_main
 from protoseg.datamodules.slide_predict import WSIPredictDataModule
 from protoseg.distributed import destroy_process_group
+from protoseg.guard import check_run, removed_on_failure
+from protoseg.io.checkpoints import check_stage_checkpoint, read_checkpoint, weights_mismatch
 from protoseg.io.class_maps import TissueClasses
-from protoseg.io.errors import DataError
+from protoseg.io.errors import DataError, reported
 from protoseg.lightning_modules.legacy import upgrade_segmentation_hparams
 from protoseg.precision import resolve_precision
+from protoseg.quiet import quiet_lightning
+from protoseg.usage import argument_error, check_config_files, instantiation_error
+
+
+class StageConfig(SaveConfigCallback):
+    """Saves the run's config as ``config.yaml`` for ``fit`` and ``<stage>_config.yaml``
+    otherwise, so that a ``predict`` into the folder of a fit (logger off) never replaces
+    the config the checkpoint was trained with."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        name = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn
+        self.config_filename = "config.yaml" if name == "fit" else f"{name}_config.yaml"
+        super().setup(trainer, pl_module, stage)
 
 
 class ProtosegCLI(LightningCLI):
-    """LightningCLI with ``protoseg predict --output_dir DIR [--geojson false]``.
+    """LightningCLI with ``protoseg predict --output_dir DIR [--geojson false]``, and the
+    checks of :mod:`protoseg.guard` before any subcommand runs.
 
     Models and datamodules are given in subclass mode (``class_path`` + ``init_args``), so any
     stage's module runs through the same four subcommands: fit, validate, test and predict.
@@ -56,6 +76,13 @@ class ProtosegCLI(LightningCLI):
                 default=True,
                 help="Also write <stem>.geojson (false for pseudo masks that only train).",
             )
+        if subcommand in ("validate", "test", "predict"):
+            parser.add_argument(
+                "--allow_random_weights",
+                type=bool,
+                default=False,
+                help="Run without --ckpt_path, on the model's initial (random) weights.",
+            )
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -74,15 +101,46 @@ class ProtosegCLI(LightningCLI):
                 f"data.init_args.{key}", f"model.init_args.augment.init_args.{key}"
             )
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The parsers raise their errors (``exit_on_error=False``) instead of printing the
+        whole usage: :meth:`parse_arguments` turns them into one line."""
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parses as LightningCLI does, keeping the command line's ``--model`` options."""
-        with warnings.catch_warnings():
-            # `protoseg` and `protoseg chain` hand each subcommand its arguments: LightningCLI
-            # warns whenever both `args` and sys.argv are given.
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            super().parse_arguments(parser, args)
+        """Parses as LightningCLI does, keeping the command line's ``--model`` options.
+
+        Raises:
+            DataError: a config file is missing or not YAML, or an option is unknown or has a
+                bad value (named, with the closest valid name for a misspelt one).
+        """
         argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, list):
+            check_config_files(argv)
+        try:
+            with warnings.catch_warnings():
+                # `protoseg` and `protoseg chain` hand each subcommand its arguments:
+                # LightningCLI warns whenever both `args` and sys.argv are given.
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            command = argv[0] if isinstance(argv, list) and argv else None
+            subparser = getattr(self, "_subcommand_parsers", {}).get(command, parser)
+            raise argument_error(error, subparser) from None
         self._model_args = model_options(argv) if isinstance(argv, list) else []
+
+    def instantiate_classes(self) -> None:
+        """Instantiates as LightningCLI does; a constructor's error about a given value
+        (``batch_size`` 0, a missing weights file) becomes a one-line :class:`DataError`
+        naming the option."""
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            converted = instantiation_error(error, config)
+            if converted is None:
+                raise
+            raise converted from error
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``, the checkpoint's model settings over the config files', and
@@ -97,6 +155,11 @@ class ProtosegCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return
+        ckpt_path = self.config[subcommand].ckpt_path
+        if ckpt_path not in ("last", "best", "hpc", "registry"):
+            # Before LightningCLI reads it: a wrong file is named, not a traceback.
+            state = read_checkpoint(ckpt_path)
+            check_stage_checkpoint(ckpt_path, state, self.config[subcommand].model.class_path)
         before = self.config[subcommand].model.clone()
         self._merge_checkpoint_hparams(subcommand, self.config[subcommand].ckpt_path)
         if self._model_args:
@@ -127,8 +190,7 @@ class ProtosegCLI(LightningCLI):
         strategy it amounts to (:mod:`~protoseg.lightning_modules.legacy`)."""
         if not Path(ckpt_path).is_file():
             return
-        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        hparams = ckpt.get("hyper_parameters", {})
+        hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
@@ -142,9 +204,9 @@ class ProtosegCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-        except SystemExit:
-            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
-            raise
+        except ArgumentError as error:
+            message = argument_error(error, self.parser)
+            raise DataError(f"{ckpt_path}: its model settings do not fit ({message})") from None
 
     def before_instantiate_classes(self) -> None:
         """Falls back from bf16 to float32 on CPUs that would only emulate bf16."""
@@ -152,13 +214,37 @@ class ProtosegCLI(LightningCLI):
         trainer = config.trainer
         trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Runs :func:`~protoseg.guard.check_run` first; a run that fails before its first
+        step removes the log folder it created; a checkpoint whose weights do not fit the
+        model is named."""
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        self.allow_random_weights = bool(config.get("allow_random_weights"))
+        output_dir = self.predictions_dir() if subcommand == "predict" else None
+        check_run(self, subcommand, ckpt_path, output_dir)
+        with removed_on_failure(self.trainer):
+            try:
+                super()._run_subcommand(subcommand)
+            except RuntimeError as error:
+                read = self.trainer.ckpt_path or ckpt_path  # "last" resolved
+                mismatch = weights_mismatch(read, error, type(self.model).__name__)
+                if ckpt_path is None or mismatch is None:
+                    raise
+                raise mismatch from error
+
+    def predictions_dir(self) -> Path:
+        """``--output_dir``, else ``<trainer.default_root_dir>/predictions``."""
+        output_dir = self.config.predict.get("output_dir")
+        if output_dir is None:
+            return Path(self.trainer.default_root_dir) / "predictions"
+        return Path(output_dir)
+
     def before_predict(self) -> None:
         """Attaches the prediction writer, so that predictions land on disk, not in memory:
         one GeoJSON and preview per slide for a slide datamodule, class maps in the dataset's
         codes for a tissue datamodule (one with ``classes``), else files per image."""
-        output_dir = self.config.predict.get("output_dir")
-        if output_dir is None:
-            output_dir = Path(self.trainer.default_root_dir) / "predictions"
+        output_dir = self.predictions_dir()
         classes = getattr(self.datamodule, "classes", None)
         if isinstance(self.datamodule, WSIPredictDataModule):
             writer: L.Callback = SlidePredictionWriter(output_dir)
@@ -175,12 +261,23 @@ class ProtosegCLI(LightningCLI):
         self.trainer.predict(model, **kwargs)
 
     def validate(self, model: L.LightningModule, **kwargs: Any) -> None:
-        """Validates, keeping the logged metrics in ``self.results`` (``protoseg chain``)."""
-        self.results = self.trainer.validate(model, **kwargs)
+        """Validates, keeping the logged metrics in ``self.results`` (``protoseg chain``); a
+        datamodule without labelled images to score is an error."""
+        self.results = self._scored(self.trainer.validate(model, **kwargs), "validate")
 
     def test(self, model: L.LightningModule, **kwargs: Any) -> None:
-        """Tests, keeping the logged metrics in ``self.results`` (``protoseg chain``)."""
-        self.results = self.trainer.test(model, **kwargs)
+        """Tests, keeping the logged metrics in ``self.results`` (``protoseg chain``); a
+        datamodule without labelled images to score is an error."""
+        self.results = self._scored(self.trainer.test(model, **kwargs), "test")
+
+    def _scored(self, results: list[Any], subcommand: str) -> list[Any]:
+        if not results:
+            where = getattr(self.datamodule, "root", None) or type(self.datamodule).__name__
+            raise DataError(
+                f"{where}: no labelled images to {subcommand} on (images/ without "
+                "annotations_xml/ or labels/, or label_source=none)"
+            )
+        return results
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
@@ -192,6 +289,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and any(token in HELP_TOKENS for token in argv):
         import_stages()
+    quiet_lightning()
     return ProtosegCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -199,6 +297,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ProtosegCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         seed_everything_default=0,
+        save_config_callback=StageConfig,
         save_config_kwargs={"overwrite": True},
         # Callbacks given here are added to those of the config (Lightning's LightningCLI).
         trainer_defaults={"default_root_dir": "runs", "callbacks": [PreemptionCheckpoint()]},
@@ -316,17 +415,13 @@ def main(args: ArgsType = None) -> None:
         commands_main(argv)
         return
     try:
-        build_cli(args)
+        # Bad input (a missing folder or checkpoint, a corrupt image, a wrong XML, a bad
+        # option): one line naming the file or option, status 2 (protoseg.io.errors.reported).
+        with reported():
+            build_cli(args)
         # Only after a run that ended normally: on an error the other ranks may still wait
         # in a collective, and the process is going down anyway.
         destroy_process_group()
-    except (DataError, FileNotFoundError) as error:
-        # Bad input (a missing folder or checkpoint, a corrupt image, a wrong XML): the message
-        # names the file, and a traceback through Lightning would bury it.
-        if os.environ.get("PROTOSEG_TRACEBACK"):
-            raise
-        sys.stderr.write(f"protoseg: error: {error}\n")
-        raise SystemExit(2) from None
     except SIGTERMException as stopped:
         # Lightning raises it without a status on SIGTERM; PreemptionCheckpoint gives one.
         code = stopped.code if isinstance(stopped.code, int) and stopped.code else None

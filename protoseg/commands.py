@@ -10,10 +10,13 @@ dispatch and the steps a chain file may name (:mod:`protoseg.chain`) all read it
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from protoseg.io.errors import reported
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     if command.lightning:
         module.main([name, *argv])
         return 0
-    return int(module.main(list(argv)) or 0)
+    with reported():  # bad input: one line, status 2, as the LightningCLI subcommands
+        return int(module.main(list(argv)) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -136,9 +140,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         importlib.import_module(LIGHTNING_CLI).main(args)
         return
     if args[0] not in COMMANDS:
-        sys.stderr.write(usage().split("\n\n")[0] + "\n")
+        close = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         sys.stderr.write(
-            f"protoseg: error: unknown command {args[0]!r} (choose from {', '.join(COMMANDS)})\n"
+            f"protoseg: error: {args[0]}: unknown command ({hint}choose from "
+            f"{', '.join(COMMANDS)})\n"
         )
         raise SystemExit(2)
     status = run_command(args[0], args[1:])

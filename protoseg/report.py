@@ -19,7 +19,6 @@ decimals; CSV keeps full precision.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import fnmatch
 import io
@@ -33,6 +32,7 @@ from typing import Any
 
 from protoseg.io.errors import DataError
 from protoseg.io.images import write_text_atomic
+from protoseg.usage import ToolParser
 
 Row = dict[str, Any]
 # Machine keys worth a column; the rest (python, platform, ...) stays in the JSON files.
@@ -173,7 +173,7 @@ def report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``protoseg report [--results DIR] [--runs DIR ...] [--columns P,..] [--output FILE]``."""
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="protoseg report",
         description="Collect benchmarks/results/*.json and the TensorBoard scalars of runs "
         "into one markdown or CSV table.",

@@ -13,7 +13,6 @@ so a figure against one format is not a figure against the other.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,9 @@ from protoseg.data.records import find_records
 from protoseg.data.store import ImageStore
 from protoseg.io.errors import DataError
 from protoseg.io.images import read_instance_png, write_text_atomic
+from protoseg.io.outputs import check_output_folder
 from protoseg.metrics.functional import METRIC_NAMES, nuclei_scores
+from protoseg.usage import ToolParser
 
 
 def _mean_scores(per_image: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -105,7 +106,7 @@ def _table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``protoseg score --predictions DIR --root DIR [--label-source S] [--output FILE]``."""
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="protoseg score",
         description="Score predicted instance maps (<stem>.png) against a MoNuSeg-layout root.",
     )
@@ -115,12 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="PQ matching IoU")
     parser.add_argument("--output", default=None, help="JSON file of every score")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        result = score_predictions(
-            args.predictions, args.root, args.label_source, args.iou_threshold
-        )
-    except DataError as error:
-        parser.error(str(error))
+    if args.output is not None:
+        # Beside the predictions is fine (only <stem>.png files are read there); never over
+        # one of them, nor into the data.
+        if Path(args.output).suffix.lower() != ".json" or Path(args.output).is_dir():
+            raise DataError(f"{args.output}: --output is a .json file to write")
+        check_output_folder(Path(args.output).parent, [args.root], "--output's folder")
+    result = score_predictions(args.predictions, args.root, args.label_source, args.iou_threshold)
     sys.stdout.write(_table(result))
     if args.output is not None:
         write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protoseg.io.images import write_text_atomic
+from protoseg.usage import ToolParser
 
 DDP_PRESET = "configs/trainer/ddp.yaml"
 # [D-]HH:MM:SS, the unambiguous subset of sbatch's --time formats.
@@ -136,7 +137,7 @@ def _pairs(words: list[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="protoseg slurm",
         description="Write an sbatch script that trains a config with DDP on SLURM GPUs, "
         "requeues itself on preemption and resumes from the last checkpoint. Unknown "

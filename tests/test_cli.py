@@ -198,6 +198,7 @@ def test_bad_input_is_one_line_naming_the_file(
     PROTOSEG_TRACEBACK=1 raises the error itself."""
     monkeypatch.delenv("PROTOSEG_TRACEBACK", raising=False)
     args = ["predict", *tiny_overrides(tmp_path / "nowhere", tmp_path / "run")]
+    args.append("--allow_random_weights=true")
     with pytest.raises(SystemExit) as stopped:
         main([*args, f"--output_dir={tmp_path / 'out'}"])
     assert stopped.value.code == 2

@@ -58,14 +58,21 @@ def test_no_command_and_an_unknown_one_exit_2(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as stopped:
         main(["fitt"])
     assert stopped.value.code == 2
-    assert "unknown command 'fitt' (choose from fit, validate" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == (
+        "protoseg: error: fitt: unknown command (did you mean fit? choose from "
+        "fit, validate, test, predict, score, report, slurm)\n"
+    )
 
 
 def test_a_tool_status_is_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["report", "--results", "no/such/folder"])
     assert stopped.value.code == 2
-    assert "no/such/folder: results folder does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == (
+        "protoseg: error: protoseg report: no/such/folder: results folder does not exist\n"
+    )
 
 
 def test_score_scores_without_torch_or_lightning() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from protoseg.callbacks.written import WrittenFiles
 from protoseg.datamodules.slide_predict import SlideGrid
 from protoseg.io.geojson import instances_to_geojson
 from protoseg.io.images import write_png_atomic
@@ -84,7 +85,10 @@ class SlidePredictionWriter(BasePredictionWriter):
     slide's last tile is in; after an exception no temporary file is left and earlier files
     stay as they were. Memory holds one preview per slide being written (slides come one
     after another, so one at a time). Under DDP each rank writes the slides its
-    :class:`~protoseg.datamodules.slide_predict.SlideShardSampler` gave it.
+    :class:`~protoseg.datamodules.slide_predict.SlideShardSampler` gave it. The folder must
+    be new, empty or an earlier run's (see :class:`~protoseg.callbacks.written.WrittenFiles`);
+    ``protoseg_outputs.json`` lists what was written, and the slides and tiles skipped as
+    unreadable (the datamodule's ``skip_unreadable``).
 
     Args:
         output_dir: destination folder, created if needed.
@@ -103,6 +107,7 @@ class SlidePredictionWriter(BasePredictionWriter):
         self.class_name = class_name
         self.grids: list[SlideGrid] = []
         self.written: list[Path] = []
+        self.files = WrittenFiles(self.output_dir)
         self._open: dict[int, _SlideOutput] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -117,14 +122,19 @@ class SlidePredictionWriter(BasePredictionWriter):
                 f"got {type(trainer.datamodule).__name__}"
             )
         self.grids, self.written, self._open = grids, [], {}
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not at setup: a run that fails before predicting (its checkpoint) writes nothing.
+        self.files.start(trainer)
         # A slide without tissue tiles gets its (empty) files at once.
-        for index in range(trainer.global_rank, len(grids), trainer.world_size):
-            if not len(grids[index].tiles):
+        for index in range(trainer.global_rank, len(self.grids), trainer.world_size):
+            if not len(self.grids[index].tiles):
                 self._start(index)
                 self._finish(index)
 
     def _start(self, index: int) -> _SlideOutput:
         grid = self.grids[index]
+        self.files.before_write()
         output = _SlideOutput(
             GeoJSONStream(self.output_dir / f"{grid.name}.geojson"),
             PreviewCanvas(grid.dimensions, self.preview_size),
@@ -143,6 +153,10 @@ class SlidePredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        for message in batch.get("skipped", []):
+            if message:
+                path, _, error = message.partition(": ")
+                self.files.skip(path, error)
         for i, item in enumerate(prediction):
             index = int(batch["slide"][i])
             output = self._open.get(index) or self._start(index)
@@ -168,7 +182,8 @@ class SlidePredictionWriter(BasePredictionWriter):
         grid = self.grids[index]
         labels = output.preview.labels
         mask = np.where(labels > 0, 255, 0).astype(np.uint8)
-        write_png_atomic(self.output_dir / f"{grid.name}_mask.png", mask)
+        mask_path = self.output_dir / f"{grid.name}_mask.png"
+        write_png_atomic(mask_path, mask)
         slide = open_slide(grid.path)
         try:
             size = (labels.shape[1], labels.shape[0])
@@ -177,8 +192,10 @@ class SlidePredictionWriter(BasePredictionWriter):
         finally:
             slide.close()
         overlay = overlay_instances(np.asarray(thumbnail), labels)
-        write_png_atomic(self.output_dir / f"{grid.name}_overlay.png", overlay)
+        overlay_path = self.output_dir / f"{grid.name}_overlay.png"
+        write_png_atomic(overlay_path, overlay)
         self.written.append(output.geojson.commit())
+        self.files.add(mask_path, overlay_path, self.written[-1])
         print(f"protoseg: {grid.path.name}: {output.geojson.count} nuclei -> {self.written[-1]}")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -191,6 +208,7 @@ class SlidePredictionWriter(BasePredictionWriter):
                 stacklevel=2,
             )
             self._finish(index)
+        self.files.finish(trainer, getattr(trainer.datamodule, "skipped", None))
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -198,3 +216,4 @@ class SlidePredictionWriter(BasePredictionWriter):
         for output in self._open.values():
             output.geojson.abort()
         self._open = {}
+        self.files.abandon()

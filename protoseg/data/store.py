@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from protoseg.data.records import ImageRecord, LabelFormat
-from protoseg.io.aperio_xml import rasterize_polygons, read_aperio_polygons
+from protoseg.io.aperio_xml import check_polygons_inside, rasterize_polygons, read_aperio_polygons
 from protoseg.io.errors import DataError
 from protoseg.io.images import image_size, read_instance_png, read_rgb
 from protoseg.io.resample import resampled_shape, resize_nearest, resize_rgb, scale_points
@@ -64,6 +64,7 @@ class ImageStore:
         target = resampled_shape(shape, scale)
         if fmt == "xml":
             polygons = read_aperio_polygons(path)
+            check_polygons_inside(path, polygons, shape)
             if scale != 1:
                 polygons = [scale_points(vertices, scale) for vertices in polygons]
             instances = rasterize_polygons(polygons, target)

@@ -29,8 +29,8 @@ from protoseg.data.records import ImageRecord, find_records, find_unlabelled, sp
 from protoseg.data.samplers import SameSizeBatchSampler, epoch_seed_sampler, evaluation_sampler
 from protoseg.data.store import ImageStore
 from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
-from protoseg.io.errors import DataError
-from protoseg.io.images import image_size, read_rgb
+from protoseg.io.errors import DataError, one_line
+from protoseg.io.images import check_image, image_size, read_rgb
 from protoseg.io.resample import resampled_shape
 from protoseg.memory import available_memory
 from protoseg.modules.scale import estimate_mpp
@@ -120,6 +120,10 @@ class MoNuSegDataModule(L.LightningDataModule):
         unlabelled_dirs: folders of further images (no annotations) that train beside the
             root's, e.g. unannotated tiles for a label-free chain whose labelled root only
             scores; they share ``image_mpp`` and need stems unique across the folders.
+        skip_unreadable: ``predict`` leaves out images that cannot be read (listed in
+            ``skipped``, which the prediction writer prints and records) instead of
+            stopping. Either way every image is decoded once before the first is predicted,
+            so an unreadable one stops the run before anything is written.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class MoNuSegDataModule(L.LightningDataModule):
         image_mpp: float | Literal["auto"] | None = None,
         mpp: float = 0.25,
         unlabelled_dirs: list[str] | None = None,
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__()
         if image_mpp == "auto":
@@ -173,6 +178,7 @@ class MoNuSegDataModule(L.LightningDataModule):
         self.val_dataset: WholeImageDataset | None = None
         self.test_dataset: WholeImageDataset | None = None
         self.predict_dataset: WholeImageDataset | None = None
+        self.skipped: list[dict[str, str]] = []
 
     @property
     def label_sources(self) -> dict[str, str | None]:
@@ -184,7 +190,10 @@ class MoNuSegDataModule(L.LightningDataModule):
         records = find_records(self.root, hp.label_source)
         by_stem = {r.stem: r for r in records}
         if any(r.label_path is not None for r in records):
-            train, val = split_stems(list(by_stem), hp.val_fraction, hp.split_seed)
+            try:
+                train, val = split_stems(list(by_stem), hp.val_fraction, hp.split_seed)
+            except ValueError as error:  # too few images for the split
+                raise DataError(f"{self.root}: {error}") from None
         else:
             train, val = sorted(by_stem), []
         unlabelled = find_unlabelled(hp.unlabelled_dirs or [], set(by_stem))
@@ -280,6 +289,7 @@ class MoNuSegDataModule(L.LightningDataModule):
                 # Images of unlabelled_dirs beside labelled ones: every crop is an image only.
                 train = [ImageRecord(r.stem, r.image_path) for r in train]
             hp = self.hparams
+            self._check_crop_fits(train)
             transform = train_transform(hp.crop_size, self.mean, self.std, hp.scale_jitter)
             # What the module asks each crop to carry (e.g. the centre detector's targets),
             # built in the loader's workers.
@@ -304,7 +314,39 @@ class MoNuSegDataModule(L.LightningDataModule):
                 )
             self.test_dataset = self._whole(labelled)
         if stage == "predict":
-            self.predict_dataset = self._whole(self.records, with_labels=False)
+            self.predict_dataset = self._whole(self._readable(self.records), with_labels=False)
+
+    def _check_crop_fits(self, records: list[ImageRecord]) -> None:
+        """Refuses training images smaller than a crop: their crops would be mostly white
+        padding (a 64 px image in a 128 px crop: 75%)."""
+        crop = self.hparams.crop_size
+        for record in records:
+            size = resampled_shape(image_size(record.image_path), self.store.scale)
+            if min(size) < crop:
+                raise DataError(
+                    f"{record.image_path}: {size[1]} x {size[0]} px (at mpp), smaller than "
+                    f"--data.crop_size {crop}: its crops would be mostly padding; lower "
+                    "crop_size or leave the image out"
+                )
+
+    def _readable(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        """The records whose image decodes; the others raise, or with ``skip_unreadable``
+        are left out and listed in :attr:`skipped`."""
+        kept: list[ImageRecord] = []
+        self.skipped = []
+        for record in records:
+            try:
+                check_image(record.image_path)
+            except DataError as error:
+                if not self.hparams.skip_unreadable:
+                    raise
+                problem = one_line(error).removeprefix(f"{record.image_path}: ")
+                self.skipped.append({"path": str(record.image_path), "error": problem})
+                continue
+            kept.append(record)
+        if not kept:
+            raise DataError(f"{self.root}: no readable image to predict")
+        return kept
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         return DataLoader(

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from protoseg.datamodules.wsi import find_slides
-from protoseg.io.errors import DataError
+from protoseg.io.errors import DataError, one_line
 from protoseg.io.wsi import open_slide, read_region_at_mpp, slide_mpp, tissue_fractions, tissue_mask
 
 
@@ -148,9 +148,11 @@ class SlideTileDataset(Dataset):
 
     Items: ``image`` (3, tile_size, tile_size) float32 normalised ``(x / 255 - mean) / std``,
     ``stem`` ("<slide>_<x>_<y>"), ``path`` (the slide), ``slide`` (index), ``x``, ``y``
-    (level-0 corner), ``downsample`` (level-0 px per tile px) and ``core`` (4,) float64
-    level-0 ``(x0, y0, x1, y1)``. Slides are opened on first use in each process (each
-    DataLoader worker reads its own tiles) and never pickled.
+    (level-0 corner), ``downsample`` (level-0 px per tile px), ``core`` (4,) float64
+    level-0 ``(x0, y0, x1, y1)`` and ``skipped`` (empty, or with ``skip_unreadable`` the
+    message of a tile that could not be read and is given as white glass instead). Slides
+    are opened on first use in each process (each DataLoader worker reads its own tiles) and
+    never pickled.
     """
 
     def __init__(
@@ -159,10 +161,12 @@ class SlideTileDataset(Dataset):
         mpp: float,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        skip_unreadable: bool = False,
     ) -> None:
         self.grids = grids
         self.mpp = mpp
         self.mean, self.std = mean, std
+        self.skip_unreadable = skip_unreadable
         self.ends = np.cumsum([len(g.tiles) for g in grids])
         self._handles: dict[int, openslide.OpenSlide] = {}
         self._pid = os.getpid()
@@ -196,7 +200,16 @@ class SlideTileDataset(Dataset):
         tile = grid.tiles[item - self.slide_range(index).start][None]
         x, y = (int(v) for v in grid.origins(tile)[0])
         slide = self._slide(index)
-        rgb = read_region_at_mpp(slide, x, y, grid.tile_size, self.mpp, grid.base_mpp)
+        skipped = ""
+        try:
+            rgb = read_region_at_mpp(slide, x, y, grid.tile_size, self.mpp, grid.base_mpp)
+        except DataError as error:
+            if not self.skip_unreadable:
+                raise
+            # OpenSlide keeps an error for good: the next tile reopens the slide.
+            self._handles.pop(index).close()
+            rgb = np.full((grid.tile_size, grid.tile_size, 3), 255, np.uint8)
+            skipped = one_line(error)
         return {
             "image": normalize(rgb, self.mean, self.std),
             "stem": f"{grid.name}_{x}_{y}",
@@ -206,6 +219,7 @@ class SlideTileDataset(Dataset):
             "y": y,
             "downsample": grid.downsample,
             "core": torch.from_numpy(grid.cores(tile)[0]),
+            "skipped": skipped,
         }
 
 
@@ -260,6 +274,9 @@ class WSIPredictDataModule(L.LightningDataModule):
         default_mpp: level-0 µm/px of slides that state none.
         mean: per-channel normalisation mean, on [0, 1] RGB.
         std: per-channel normalisation std.
+        skip_unreadable: a slide OpenSlide cannot open is left out, and a tile it cannot
+            decode is predicted as white glass, both listed (the writer prints and records
+            them) instead of stopping the run.
     """
 
     def __init__(
@@ -275,6 +292,7 @@ class WSIPredictDataModule(L.LightningDataModule):
         default_mpp: float | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__()
         if tile_size < 1 or batch_size < 1 or thumbnail_size < 1:
@@ -292,6 +310,7 @@ class WSIPredictDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.grids: list[SlideGrid] = []
         self.predict_dataset: SlideTileDataset | None = None
+        self.skipped: list[dict[str, str]] = []
 
     def setup(self, stage: str) -> None:
         """Indexes the slides' tissue tiles (once) for ``predict``."""
@@ -305,19 +324,23 @@ class WSIPredictDataModule(L.LightningDataModule):
                 if path.stem in names:
                     raise DataError(f"{path}: same output name as {names[path.stem]}")
                 names[path.stem] = path
-            self.grids = [
-                slide_grid(
-                    path,
-                    hp.mpp,
-                    hp.tile_size,
-                    hp.overlap,
-                    hp.min_tissue,
-                    hp.thumbnail_size,
-                    hp.default_mpp,
-                )  # fmt: skip
-                for path in paths
-            ]
-        self.predict_dataset = SlideTileDataset(self.grids, hp.mpp, self.mean, self.std)
+            self.skipped = []
+            for path in paths:
+                try:
+                    grid = slide_grid(
+                        path, hp.mpp, hp.tile_size, hp.overlap, hp.min_tissue,
+                        hp.thumbnail_size, hp.default_mpp,
+                    )  # fmt: skip
+                except DataError as error:
+                    if not hp.skip_unreadable:
+                        raise
+                    problem = one_line(error).removeprefix(f"{path}: ")
+                    self.skipped.append({"path": str(path), "error": problem})
+                    continue
+                self.grids.append(grid)
+        self.predict_dataset = SlideTileDataset(
+            self.grids, hp.mpp, self.mean, self.std, hp.skip_unreadable
+        )
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dataset is None:

@@ -88,7 +88,9 @@ class TileFolderDataModule(L.LightningDataModule):
         batch_size: crops per batch and process.
         num_workers: DataLoader processes (kept alive between epochs when > 0).
         extensions: file suffixes read as images (case-insensitive).
-        min_side: skip images whose shorter side is below this, px (e.g. thumbnails).
+        min_side: skip images whose shorter side is below this, px (e.g. thumbnails). An
+            image kept that is smaller than a crop stops the run (its crops would be mostly
+            padding).
     """
 
     def __init__(
@@ -127,6 +129,13 @@ class TileFolderDataModule(L.LightningDataModule):
                 paths.append(path)
         if not images:
             raise DataError(f"{self.root}: no image has a side of at least {hp.min_side} px")
+        for path, image in zip(paths, images, strict=True):
+            if min(image.shape[:2]) < hp.crop_size:
+                raise DataError(
+                    f"{path}: {image.shape[1]} x {image.shape[0]} px, smaller than crop_size "
+                    f"{hp.crop_size}: its crops would be mostly padding; lower crop_size, or "
+                    "leave out small images with min_side"
+                )
         self.paths = paths
         self.train_dataset = TileCropDataset(images, hp.crop_size, hp.crops_per_epoch)
 

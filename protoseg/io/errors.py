@@ -1,6 +1,11 @@
-"""The one exception type for input the user gave that cannot be used."""
+"""The one exception type for input the user gave that cannot be used, and how it is shown."""
 
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class DataError(ValueError):
@@ -27,3 +32,18 @@ def one_line(error: BaseException) -> str:
             last = last.removeprefix(f"{name}: ")
         text = last
     return " ".join(text.split())
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Bad input ends the command with one line and status 2, as every ``protoseg``
+    command does: a :class:`DataError` or missing file raised inside is written as
+    ``protoseg: error: <file or option>: <problem>`` and the process exits with 2.
+    ``PROTOSEG_TRACEBACK=1`` raises it instead, traceback and all."""
+    try:
+        yield
+    except (DataError, FileNotFoundError) as error:
+        if os.environ.get("PROTOSEG_TRACEBACK"):
+            raise
+        sys.stderr.write(f"protoseg: error: {one_line(error)}\n")
+        raise SystemExit(2) from None

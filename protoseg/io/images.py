@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,18 +16,50 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage as ndi
 
 from protoseg.io.errors import DataError
+from protoseg.io.notices import notice_once
 
 # 8-connectivity: a binary mask's nucleus whose outline steps diagonally stays one object.
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+PIXEL_LIMIT_VARIABLE = "PROTOSEG_MAX_IMAGE_PIXELS"
+"""Environment variable with the most pixels an image may have (0: no limit)."""
+_PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS
+
+
+def pixel_limit() -> int | None:
+    """The most pixels an image file may have: ``$PROTOSEG_MAX_IMAGE_PIXELS`` (0 for no
+    limit), else Pillow's decompression-bomb limit (89,478,485)."""
+    value = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if value is None:
+        return _PILLOW_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        raise DataError(f"{PIXEL_LIMIT_VARIABLE}={value}: not a whole number") from None
+    return limit if limit > 0 else None
 
 
 @contextmanager
 def _opened(path: str | Path) -> Iterator[Image.Image]:
-    """``Image.open`` with Pillow's errors raised as a :class:`DataError` naming the file."""
+    """``Image.open`` with Pillow's errors raised as a :class:`DataError` naming the file.
+
+    An image of more than :func:`pixel_limit` pixels is refused (Pillow only warns up to
+    twice its limit), naming the setting that allows it.
+    """
+    limit = pixel_limit()
+    Image.MAX_IMAGE_PIXELS = limit
     try:
-        with Image.open(path) as image:
-            yield image
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
+        raise DataError(
+            f"{path}: {size}, over the {limit:,}-pixel limit against decompression bombs; "
+            f"if you trust the file, set {PIXEL_LIMIT_VARIABLE} higher (0: no limit)"
+        ) from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         # Pillow reports truncation as OSError and a bad header as UnidentifiedImageError.
         raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
@@ -50,12 +84,39 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
+def check_image(path: str | Path) -> None:
+    """Opens and decodes an image file, only to find out whether it can be read.
+
+    Raises:
+        DataError: the file is missing, not an image, truncated or too large.
+    """
+    _open_decoded(Path(path))
+
+
+# What read_rgb does to an image that is not 8-bit RGB, by Pillow mode; said once a process.
+_CONVERSIONS = {
+    "1": "black-and-white image: its one channel repeated over R, G and B",
+    "L": "grey image: its one channel repeated over R, G and B",
+    "LA": "grey image with alpha: alpha dropped, grey repeated over R, G and B",
+    "P": "palette image: converted to RGB",
+    "PA": "palette image with alpha: converted to RGB, alpha dropped",
+    "RGBA": "RGBA image: alpha dropped",
+    "RGBa": "RGBA image: alpha dropped",
+    "RGBX": "RGBX image: padding channel dropped",
+    "CMYK": "CMYK image: converted to RGB",
+    "YCbCr": "YCbCr image: converted to RGB",
+    "I": "32-bit grey image: scaled to 8 bit (value / 257) and repeated over R, G and B",
+}
+for _mode in _SIXTEEN_BIT_MODES:
+    _CONVERSIONS[_mode] = "16-bit grey image: scaled to 8 bit (value / 257), repeated over RGB"
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Reads an image file as RGB.
 
     Grey images are repeated over three channels, alpha is dropped, palette and CMYK images
     are converted, and 16-bit (or 32-bit integer) grey is scaled to 8 bit (``value / 257``, so
-    65535 -> 255).
+    65535 -> 255). The first image of each such kind is named in a note on stderr.
 
     Args:
         path: any format Pillow reads (TIFF with LZW, PNG, JPEG, ...).
@@ -68,6 +129,11 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     image = _open_decoded(path)
+    if image.mode in _CONVERSIONS:
+        notice_once(
+            f"convert {image.mode}",
+            f"{path}: {_CONVERSIONS[image.mode]} (further such images without a note)",
+        )
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
         grey = np.asarray(image).astype(np.float64) / 257.0
         grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)

@@ -142,6 +142,10 @@ def read_region_at_mpp(
 
     Returns:
         (size, size, 3) uint8 RGB.
+
+    Raises:
+        DataError: OpenSlide cannot decode the tile (the slide's handle is then unusable:
+            OpenSlide keeps the error; open the slide again to read other tiles).
     """
     if size < 1 or mpp <= 0 or base_mpp <= 0:
         raise ValueError(f"need size >= 1, mpp > 0, base_mpp > 0; got {size}, {mpp}, {base_mpp}")
@@ -149,7 +153,14 @@ def read_region_at_mpp(
     level = best_level(slide, downsample)
     extent = size * downsample / slide.level_downsamples[level]  # side at `level`, px
     read = max(1, math.ceil(extent - 1e-6))
-    region = _on_white(slide.read_region((int(x0), int(y0)), level, (read, read)))
+    try:
+        region = _on_white(slide.read_region((int(x0), int(y0)), level, (read, read)))
+    except openslide.OpenSlideError as err:
+        # A corrupt tile (e.g. "Not a JPEG file"): OpenSlide names neither file nor place.
+        raise DataError(
+            f"{slide_name(slide)}: cannot read the tile at level-0 x={int(x0)}, y={int(y0)} "
+            f"(level {level}): {err}"
+        ) from err
     if read != size or extent != read:
         shrinking = extent > size
         resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR

@@ -18,7 +18,7 @@ from PIL import Image
 from protoseg.data.datasets import collate_whole_images
 from protoseg.data.records import find_records, split_stems
 from protoseg.data.samplers import EpochSeedSampler
-from protoseg.data.targets import BACKGROUND, instances_to_three_class
+from protoseg.data.targets import instances_to_three_class
 from protoseg.data.transforms import seed_transform
 from protoseg.datamodules.monuseg import MoNuSegDataModule
 from protoseg.io.errors import DataError
@@ -448,12 +448,13 @@ def plain_mask(index: int) -> np.ndarray:
     return mask
 
 
-def test_small_images_are_padded_with_background(tiny_monuseg_root: Path) -> None:
+def test_images_smaller_than_a_crop_are_refused(tiny_monuseg_root: Path) -> None:
+    """A 64 px image in a 96 px crop would be 56% white padding."""
     module = data(tiny_monuseg_root, crop_size=96, scale_jitter=0.0, batch_size=6)
-    module.setup("fit")
-    (batch,) = first_batches(module, 1)
-    assert batch["image"].shape[-2:] == (96, 96)
-    assert (batch["target"] == BACKGROUND).float().mean() > 0.5
+    with pytest.raises(DataError, match=r"img0.tif: 64 x 64 px .* smaller than --data.crop_size"):
+        module.setup("fit")
+    # At 0.5 µm/px the images are read at twice their size: 128 px, crops fit.
+    data(tiny_monuseg_root, crop_size=96, image_mpp=0.5).setup("fit")
 
 
 # --- determinism ------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ def loader_batches(data: TileFolderDataModule, epochs: int = 1) -> list[torch.Te
 
 
 def tiny(root: Path, **kwargs: object) -> TileFolderDataModule:
-    defaults = dict(crop_size=32, crops_per_epoch=8, batch_size=4, num_workers=0)
+    # min_side leaves out z.tif (20 px), smaller than a crop
+    defaults = dict(crop_size=32, crops_per_epoch=8, batch_size=4, num_workers=0, min_side=32)
     return TileFolderDataModule(str(root), **{**defaults, **kwargs})
 
 
@@ -79,6 +80,11 @@ def test_min_side_skips_small_images(tile_root: Path) -> None:
     assert [p.name for p in data.paths] == ["y.JPG", "x.png"]
     with pytest.raises(DataError, match="no image has a side"):
         tiny(tile_root, min_side=1000).setup("fit")
+
+
+def test_image_smaller_than_a_crop_is_refused(tile_root: Path) -> None:
+    with pytest.raises(DataError, match=r"z.tif: 20 x 20 px, smaller than crop_size 32"):
+        tiny(tile_root, min_side=None).setup("fit")
 
 
 def test_missing_or_empty_folder_is_named(tmp_path: Path) -> None:
