@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from protoseg.callbacks.class_map_writer import ClassMapWriter
+from protoseg.callbacks.prediction_outputs import PredictionOutputs
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
 from protoseg.callbacks.slide_writer import SlidePredictionWriter
@@ -252,7 +253,8 @@ class ProtosegCLI(LightningCLI):
             writer = ClassMapWriter(output_dir, classes)
         else:
             writer = InstancePredictionWriter(output_dir, geojson=self.config.predict.geojson)
-        self.trainer.callbacks.append(writer)
+        # After the writer: its on_predict_end (the last slides' files) comes first.
+        self.trainer.callbacks += [writer, PredictionOutputs(output_dir)]
         print(f"protoseg: writing predictions to {Path(output_dir).resolve()}")
 
     def predict(self, model: L.LightningModule, **kwargs: Any) -> None:

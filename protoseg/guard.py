@@ -1,7 +1,8 @@
 """Checks a ``protoseg`` command runs before it writes anything, and what a failed start leaves.
 
 - Output folders (checkpoints, logs, predictions) may not be, lie inside or contain the data
-  the command reads (:func:`~protoseg.io.outputs.check_output_folder`).
+  the command reads (:func:`~protoseg.io.outputs.check_output_folder`); a predictions folder
+  must be new, empty or protoseg's (:func:`~protoseg.io.outputs.claim_output_folder`).
 - ``last.ckpt`` is always the run's newest weights: ``fit`` into a checkpoint folder that
   already holds checkpoints is refused unless it resumes that run (``--ckpt_path last`` or a
   checkpoint of that folder). Lightning would otherwise write ``last-v1.ckpt`` beside the
@@ -29,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from protoseg.io.checkpoints import check_stage_checkpoint, read_checkpoint
 from protoseg.io.errors import DataError
-from protoseg.io.outputs import check_output_folder
+from protoseg.io.outputs import check_output_folder, claim_output_folder
 
 #: ``--ckpt_path`` values Lightning resolves itself (not file names).
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -130,6 +131,8 @@ def check_run(
     for folder, what in output_folders(trainer, output_dir):
         check_output_folder(folder, inputs, what)
     check_output_folder(trainer.default_root_dir, inputs, "--trainer.default_root_dir", leaf=False)
+    if output_dir is not None:
+        claim_output_folder(output_dir)
     if subcommand == "fit":
         check_fresh_checkpoints(trainer, ckpt_path)
     if ckpt_path == "last":

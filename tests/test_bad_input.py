@@ -32,6 +32,7 @@ from conftest import (
 from PIL import Image
 
 from protoseg.cli import main
+from protoseg.io.outputs import MANIFEST, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -634,3 +635,40 @@ def test_console_script_prints_one_line_and_exits_2(args: list[str], named: str)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("protoseg: error: ") and named in done.stderr
+
+
+# --- asked to, predict goes on past unreadable inputs ----------------------------------------
+
+
+def test_predict_skips_unreadable_images_when_asked(
+    world: World, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_root(world, tmp_path)
+    broken = root / "images" / "img1.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out"
+    main(predict(world, tmp_path, f"--output_dir={out}", "--data.skip_unreadable=true", root=root))
+    err = capfd.readouterr().err
+    assert f"protoseg: skipped {broken}: cannot read image" in err
+    assert f"1 input(s) skipped, listed in {out / MANIFEST}" in err
+    manifest = read_manifest(out)
+    assert [entry["path"] for entry in manifest["skipped"]] == [str(broken)]
+    assert manifest["written"] == [
+        f"img{i}{suffix}" for i in (0, 2) for suffix in (".geojson", ".png", "_overlay.png")
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*manifest["written"], MANIFEST])
+    # The folder is protoseg's now: a second run may write into it.
+    main(predict(world, tmp_path, f"--output_dir={out}", "--data.skip_unreadable=true", root=root))
+
+
+def test_slide_predict_skips_an_unreadable_tile_when_asked(
+    world: World, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    slide = corrupt_tile_slide(world, tmp_path)
+    main([*slides(world, tmp_path, slide), "--data.skip_unreadable=true"])
+    err = capfd.readouterr().err
+    assert f"protoseg: skipped {slide}: cannot read the tile at level-0 x=" in err
+    out = tmp_path / "out"
+    manifest = read_manifest(out)
+    assert manifest["written"] == ["corrupt.geojson", "corrupt_mask.png", "corrupt_overlay.png"]
+    assert len(manifest["skipped"]) >= 1

@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from protoseg.callbacks.written import WrittenFiles
 from protoseg.io.geojson import instances_to_geojson, write_geojson
 from protoseg.io.images import image_size, read_rgb, write_png_atomic
 from protoseg.io.resample import resize_nearest
@@ -30,9 +29,6 @@ class InstancePredictionWriter(BasePredictionWriter):
     resized back to the input file's size by nearest neighbour before anything is written.
     Every file is written to a temporary name and renamed, so a killed run leaves either the
     previous file or the complete new one. Each rank writes the images of its own batches.
-    The folder must be new, empty or an earlier run's (see
-    :class:`~protoseg.callbacks.written.WrittenFiles`); ``protoseg_outputs.json`` lists what
-    was written, and the inputs the datamodule skipped as unreadable (``skip_unreadable``).
 
     Args:
         output_dir: destination folder, created if needed.
@@ -53,19 +49,6 @@ class InstancePredictionWriter(BasePredictionWriter):
         self.overlay = overlay
         self.geojson = geojson
         self.binary = binary
-        self.written = WrittenFiles(self.output_dir)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Not at setup: a run that fails before predicting (its checkpoint) writes nothing.
-        self.written.start(trainer)
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.written.finish(trainer, getattr(trainer.datamodule, "skipped", None))
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self.written.abandon()
 
     def write_on_batch_end(
         self,
@@ -97,24 +80,15 @@ class InstancePredictionWriter(BasePredictionWriter):
                 binary = None if binary is None else resize_nearest(binary, size)
         if instances.max(initial=0) > np.iinfo(np.uint16).max:
             raise ValueError(f"{stem}: {instances.max()} instances do not fit a uint16 PNG")
-        self.written.before_write()
-        path = self.output_dir / f"{stem}.png"
-        write_png_atomic(path, instances.astype(np.uint16))
-        self.written.add(path)
+        write_png_atomic(self.output_dir / f"{stem}.png", instances.astype(np.uint16))
         if self.overlay and image_path is not None:
             picture = overlay_instances(read_rgb(image_path), instances)
-            path = self.output_dir / f"{stem}_overlay.png"
-            write_png_atomic(path, picture)
-            self.written.add(path)
+            write_png_atomic(self.output_dir / f"{stem}_overlay.png", picture)
         if self.geojson:
-            path = self.output_dir / f"{stem}.geojson"
-            write_geojson(path, instances_to_geojson(instances))
-            self.written.add(path)
+            write_geojson(self.output_dir / f"{stem}.geojson", instances_to_geojson(instances))
         if self.binary and binary is not None:
             mask = np.where(binary.astype(bool), 255, 0).astype(np.uint8)
-            path = self.output_dir / "binary" / f"{stem}.png"
-            write_png_atomic(path, mask)
-            self.written.add(path)
+            write_png_atomic(self.output_dir / "binary" / f"{stem}.png", mask)
 
 
 def _check_resampled(stem: str, shape: tuple[int, ...], size: tuple[int, int]) -> None:

@@ -19,13 +19,14 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import openslide
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from protoseg.callbacks.written import WrittenFiles
 from protoseg.datamodules.slide_predict import SlideGrid
 from protoseg.io.geojson import instances_to_geojson
 from protoseg.io.images import write_png_atomic
+from protoseg.io.notices import notice_once
 from protoseg.io.slide_outputs import GeoJSONStream, PreviewCanvas
 from protoseg.io.wsi import open_slide
 from protoseg.visualize import overlay_instances
@@ -85,10 +86,8 @@ class SlidePredictionWriter(BasePredictionWriter):
     slide's last tile is in; after an exception no temporary file is left and earlier files
     stay as they were. Memory holds one preview per slide being written (slides come one
     after another, so one at a time). Under DDP each rank writes the slides its
-    :class:`~protoseg.datamodules.slide_predict.SlideShardSampler` gave it. The folder must
-    be new, empty or an earlier run's (see :class:`~protoseg.callbacks.written.WrittenFiles`);
-    ``protoseg_outputs.json`` lists what was written, and the slides and tiles skipped as
-    unreadable (the datamodule's ``skip_unreadable``).
+    :class:`~protoseg.datamodules.slide_predict.SlideShardSampler` gave it. Tiles the
+    datamodule could not read (``skip_unreadable``) are added to its ``skipped`` list.
 
     Args:
         output_dir: destination folder, created if needed.
@@ -107,7 +106,6 @@ class SlidePredictionWriter(BasePredictionWriter):
         self.class_name = class_name
         self.grids: list[SlideGrid] = []
         self.written: list[Path] = []
-        self.files = WrittenFiles(self.output_dir)
         self._open: dict[int, _SlideOutput] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -125,7 +123,6 @@ class SlidePredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not at setup: a run that fails before predicting (its checkpoint) writes nothing.
-        self.files.start(trainer)
         # A slide without tissue tiles gets its (empty) files at once.
         for index in range(trainer.global_rank, len(self.grids), trainer.world_size):
             if not len(self.grids[index].tiles):
@@ -134,7 +131,6 @@ class SlidePredictionWriter(BasePredictionWriter):
 
     def _start(self, index: int) -> _SlideOutput:
         grid = self.grids[index]
-        self.files.before_write()
         output = _SlideOutput(
             GeoJSONStream(self.output_dir / f"{grid.name}.geojson"),
             PreviewCanvas(grid.dimensions, self.preview_size),
@@ -153,10 +149,11 @@ class SlidePredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        skipped = getattr(trainer.datamodule, "skipped", None)
         for message in batch.get("skipped", []):
-            if message:
+            if message and skipped is not None:
                 path, _, error = message.partition(": ")
-                self.files.skip(path, error)
+                skipped.append({"path": path, "error": error})
         for i, item in enumerate(prediction):
             index = int(batch["slide"][i])
             output = self._open.get(index) or self._start(index)
@@ -182,20 +179,22 @@ class SlidePredictionWriter(BasePredictionWriter):
         grid = self.grids[index]
         labels = output.preview.labels
         mask = np.where(labels > 0, 255, 0).astype(np.uint8)
-        mask_path = self.output_dir / f"{grid.name}_mask.png"
-        write_png_atomic(mask_path, mask)
+        write_png_atomic(self.output_dir / f"{grid.name}_mask.png", mask)
+        size = (labels.shape[1], labels.shape[0])
         slide = open_slide(grid.path)
         try:
-            size = (labels.shape[1], labels.shape[0])
             thumbnail = slide.get_thumbnail(size).convert("RGB")
             thumbnail = thumbnail.resize(size, Image.Resampling.BILINEAR)
+        except openslide.OpenSlideError as err:
+            # A tile the datamodule skipped (skip_unreadable) is in the thumbnail too: the
+            # overlay is only a picture, drawn on white; the mask and GeoJSON are complete.
+            notice_once(f"thumbnail {grid.path}", f"{grid.path}: overlay drawn on white ({err})")
+            thumbnail = Image.new("RGB", size, (255, 255, 255))
         finally:
             slide.close()
         overlay = overlay_instances(np.asarray(thumbnail), labels)
-        overlay_path = self.output_dir / f"{grid.name}_overlay.png"
-        write_png_atomic(overlay_path, overlay)
+        write_png_atomic(self.output_dir / f"{grid.name}_overlay.png", overlay)
         self.written.append(output.geojson.commit())
-        self.files.add(mask_path, overlay_path, self.written[-1])
         print(f"protoseg: {grid.path.name}: {output.geojson.count} nuclei -> {self.written[-1]}")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -208,7 +207,6 @@ class SlidePredictionWriter(BasePredictionWriter):
                 stacklevel=2,
             )
             self._finish(index)
-        self.files.finish(trainer, getattr(trainer.datamodule, "skipped", None))
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -216,4 +214,3 @@ class SlidePredictionWriter(BasePredictionWriter):
         for output in self._open.values():
             output.geojson.abort()
         self._open = {}
-        self.files.abandon()

@@ -18,9 +18,7 @@ from skimage.draw import disk
 from protoseg.callbacks.slide_writer import SlidePredictionWriter, owned_instances
 from protoseg.cli import main
 from protoseg.datamodules.slide_predict import WSIPredictDataModule
-from protoseg.io.errors import DataError
 from protoseg.io.geojson import instances_to_geojson
-from protoseg.io.outputs import MANIFEST, read_manifest, write_manifest
 from protoseg.io.slide_outputs import PreviewCanvas
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
@@ -167,12 +165,7 @@ def test_geojson_and_previews_are_valid(nuclei_slide: Path, tmp_path: Path) -> N
         "nuclei.geojson",
         "nuclei_mask.png",
         "nuclei_overlay.png",
-        MANIFEST,
     ]
-    assert read_manifest(out) == {
-        "written": ["nuclei.geojson", "nuclei_mask.png", "nuclei_overlay.png"],
-        "skipped": [],
-    }
 
 
 def test_blank_slide_gets_empty_outputs(nuclei_slide: Path, tmp_path: Path) -> None:
@@ -191,12 +184,9 @@ def test_no_partial_file_after_an_exception(nuclei_slide: Path, tmp_path: Path) 
     out = tmp_path / "out"
     out.mkdir()
     (out / "nuclei.geojson").write_text("previous run")
-    with pytest.raises(DataError, match="out: output folder holds files protoseg did not write"):
-        predict([nuclei_slide], out)
-    write_manifest(out, [out / "nuclei.geojson"])  # an earlier run's output: replaceable
     with pytest.raises(RuntimeError, match="mid-slide"):
         predict([nuclei_slide], out, fail_at=2)
-    assert sorted(p.name for p in out.iterdir()) == ["nuclei.geojson", MANIFEST]
+    assert [p.name for p in out.iterdir()] == ["nuclei.geojson"]
     assert (out / "nuclei.geojson").read_text() == "previous run"
 
 
