@@ -139,7 +139,7 @@ bench-ssl: ## SSL: SimCLR/MoCo v2/BYOL/DINO images/s vs lightly (ResNet-18, 224 
 	$(BIN)/python benchmarks/ssl_bench.py --output $(RESULTS)/ssl.json $(BENCH_SSL_ARGS)
 
 # Sweeps: one plain `protoseg fit` line per grid point (`make -n sweep-ssl` prints them), each
-# run in its own folder: seed, logs, checkpoints (the configs list ModelCheckpoint last) and
+# run in its own folder (a rerun of the sweep resumes each one, as sbatch jobs do): seed, logs, checkpoints (the configs list ModelCheckpoint last) and
 # the SSL encoder (EncoderExport writes <default_root_dir>/encoder.ckpt). With SLURM=1 each
 # line writes an sbatch script with `protoseg slurm` and submits it.
 SWEEPS ?= runs/sweeps
@@ -160,7 +160,8 @@ ifeq ($(SLURM),1)
 sweep_run = $(BIN)/protoseg slurm $(SLURM_ARGS) --job-name $(notdir $(2)) --log-dir $(2) \
 	--output $(2)/job.sbatch $(call fit_args,$(1),$(2),$(3)) && sbatch $(2)/job.sbatch
 else
-sweep_run = $(BIN)/protoseg fit $(call fit_args,$(1),$(2),$(3))
+# --ckpt_path last: a rerun resumes (or keeps) each grid point instead of being refused.
+sweep_run = $(BIN)/protoseg fit $(call fit_args,$(1),$(2),$(3)) --ckpt_path last
 endif
 
 sweep-ssl: ## SSL sweep: SSL_METHODS x SSL_DATASETS x SEEDS into runs/sweeps/ssl/ (SLURM=1: sbatch each)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from protoseg.cli import build_cli, main, model_options
+from protoseg.io.checkpoints import read_checkpoint
 from protoseg.io.errors import DataError
 from protoseg.lightning_modules.psm import PSMModule
 from protoseg.lightning_modules.segmentation import SegmentationModule
@@ -102,11 +103,7 @@ def test_resume_from_last_checkpoint(tiny_monuseg_root: Path, tmp_path: Path) ->
             f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
         ]
     )
-    import torch
-
-    state = torch.load(
-        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    state = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert state["global_step"] == 4
 
 
@@ -229,3 +226,26 @@ def test_stages_take_the_datamodule_s_normalization(tiny_monuseg_root: Path) -> 
     views = PathologyViewAugment(size=32, mean=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="augment normalises the views with mean"):
         PSMModule(ShallowActivationNet("resnet18", out_indices=(0, 1)), augment=views)
+
+
+def test_predict_keeps_the_fits_config_and_a_failed_start_leaves_nothing(
+    tiny_monuseg_root: Path, tmp_path: Path
+) -> None:
+    """With the logger off every stage saves its config in the run folder: predict's goes
+    to predict_config.yaml, never over the config.yaml the checkpoint was trained with."""
+    run_dir = tmp_path / "run"
+    args = [*tiny_overrides(tiny_monuseg_root, run_dir), "--trainer.logger=false"]
+    main(["fit", *args, "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
+    config = (run_dir / "config.yaml").read_bytes()
+    ckpt = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    main(["predict", *args, ckpt, f"--output_dir={tmp_path / 'out'}"])
+    assert (run_dir / "config.yaml").read_bytes() == config
+    assert (run_dir / "predict_config.yaml").is_file()
+    # A run that fails at its first batch (an image broken after the fit) takes the log
+    # folder it made with it.
+    fresh = tmp_path / "fresh"
+    broken = tiny_monuseg_root / "images" / "img1.png"
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_overrides(tiny_monuseg_root, fresh), "--data.cache_images=false"])
+    assert not fresh.exists()

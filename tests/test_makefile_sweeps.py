@@ -42,6 +42,7 @@ def test_sweep_ssl_is_one_fit_line_per_method_dataset_and_seed() -> None:
         assert option(words, "--trainer.logger.init_args.save_dir") == run_dir
         assert option(words, "--trainer.callbacks.init_args.dirpath") == f"{run_dir}/checkpoints"
         assert run_dir == f"runs/sweeps/ssl/{Path(config).stem}_s{seed}"
+        assert words[-2:] == ["--ckpt_path", "last"], "a rerun resumes, never trains over it"
         seen.add((Path(config).stem, seed))
     assert seen == {(f"{m}_monuseg", s) for m in ("simclr", "dino") for s in ("0", "1")}
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import lightning as L
 import pytest
-import torch
 from conftest import short_fit_args
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from protoseg.callbacks.preemption import PreemptionCheckpoint
 from protoseg.cli import build_cli
+from protoseg.io.checkpoints import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 6  # 4 steps per epoch: the signal at step 2 lands mid-epoch
@@ -56,7 +56,7 @@ class StepLog(Callback):
 
 
 def steps_in(checkpoint: Path) -> int:
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    return read_checkpoint(checkpoint)["global_step"]
 
 
 SIGNALS = [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT]
