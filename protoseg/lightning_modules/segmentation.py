@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
+from protoseg.io.checkpoints import read_checkpoint
 from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
@@ -140,7 +141,10 @@ class SegmentationModule(L.LightningModule):
     ) -> SegmentationModule:
         """Lightning's ``load_from_checkpoint``, which also reads a checkpoint saved before
         the post-processing was a part (upgraded in memory, the file left as it is)."""
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if isinstance(checkpoint_path, (str, Path)):
+            checkpoint = read_checkpoint(checkpoint_path)  # weights_only, the file named
+        else:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if upgrade_segmentation_checkpoint(checkpoint) is not None:
             buffer = io.BytesIO()
             torch.save(checkpoint, buffer)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protoseg.io.checkpoints import read_checkpoint
 from protoseg.io.errors import DataError
 from protoseg.modules.tiling import tile_starts
 
@@ -321,19 +322,14 @@ def load_sam(
         device: where to put the model.
 
     Raises:
-        FileNotFoundError: ``checkpoint`` does not exist.
-        DataError: the file is not a SAM checkpoint, holds another model than ``model_type``,
-            needs a package that is not installed, or the packaged weights fail their check.
+        DataError: ``checkpoint`` does not exist or is not a SAM checkpoint, holds another
+            model than ``model_type``, needs a package that is not installed, or the
+            packaged weights fail their check.
     """
     if model_type is not None and model_type not in INPUT_SIZES:
         raise ValueError(f"model_type must be one of {sorted(INPUT_SIZES)}, got {model_type!r}")
     path = lite_medsam_weights() if checkpoint is None else Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: SAM checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is named the same way
-        raise DataError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    state = read_checkpoint(path, "SAM checkpoint")  # weights_only; missing or bad: named
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     found = checkpoint_model_type(state) if isinstance(state, dict) else None

@@ -90,11 +90,13 @@ def test_tile_windows_cover_the_image() -> None:
 
 
 def test_a_missing_or_foreign_checkpoint_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.pth: SAM checkpoint not found"):
+    with pytest.raises(DataError, match=r"nope\.pth: SAM checkpoint file does not exist"):
         load_sam(tmp_path / "nope.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match=r"garbage\.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(
+        DataError, match=r"garbage\.pth: SAM checkpoint is not a PyTorch checkpoint"
+    ):
         load_sam(garbage)
     resnet = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3)}, resnet)
