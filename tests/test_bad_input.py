@@ -304,7 +304,7 @@ def _crop_too_large(w: World, t: Path) -> tuple[list[str], str]:
 
 @case
 def _pixel_limit(w: World, t: Path) -> tuple[list[str], str]:
-    os.environ["PROTOSEG_MAX_IMAGE_PIXELS"] = "1000"  # the case runner restores it
+    os.environ["PROTOSEG_MAX_IMAGE_PIXELS"] = "1000"  # the test moves it into monkeypatch
     return fit(w, t), "PROTOSEG_MAX_IMAGE_PIXELS"
 
 
@@ -552,7 +552,7 @@ def _corrupt_tile(w: World, t: Path) -> tuple[list[str], str]:
 
 
 @case
-def _centre_weights_of_another_stage(w: World, t: Path) -> tuple[list[str], str]:
+def _detector_of_another_stage(w: World, t: Path) -> tuple[list[str], str]:
     """The PSM head's chained input: its centre detector's checkpoint."""
     config = CONFIGS / "psm" / "segment_monuseg.yaml"
     masks = t / "masks"
@@ -563,9 +563,7 @@ def _centre_weights_of_another_stage(w: World, t: Path) -> tuple[list[str], str]
         "fit",
         *tiny(w.root, t / "run", config),
         f"--data.pseudo_mask_dir={masks}",
-        "--model.centre_net.encoder=test_resnet",
-        "--model.centre_net.decoder_channels=[16,16,8,8,8]",
-        f"--model.centre_weights={w.ckpt}",  # the head's own checkpoint, not a detector's
+        f"--model.postprocess.detector={w.ckpt}",  # the head's own checkpoint, not a detector's
     ]
     return args, f"{w.ckpt}: holds a SegmentationModule checkpoint (step 1)"
 
@@ -601,7 +599,9 @@ def test_bad_input_is_one_named_line_and_changes_nothing(
 ) -> None:
     monkeypatch.delenv("PROTOSEG_TRACEBACK", raising=False)
     monkeypatch.delenv("PROTOSEG_MAX_IMAGE_PIXELS", raising=False)
-    args, named = CASES[name](world, tmp_path)  # a case's environment goes with delenv
+    args, named = CASES[name](world, tmp_path)
+    if "PROTOSEG_MAX_IMAGE_PIXELS" in os.environ:  # set by the case: undone after the test
+        monkeypatch.setenv("PROTOSEG_MAX_IMAGE_PIXELS", os.environ.pop("PROTOSEG_MAX_IMAGE_PIXELS"))
     before = snapshot(world.dir, tmp_path)
     capfd.readouterr()
     with pytest.raises(SystemExit) as stopped:

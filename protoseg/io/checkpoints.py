@@ -1,8 +1,9 @@
 """Reading checkpoint files safely and saying what they hold.
 
 Every checkpoint protoseg reads (``--ckpt_path``, ``encoder_weights``, a backbone's ``weights``,
-``centre_weights``) goes through :func:`read_checkpoint`: ``torch.load(weights_only=True)``
-(tensors and plain containers, never arbitrary Python objects), with every failure a
+a centre detector, SAM weights) goes through :func:`read_checkpoint`:
+``torch.load(weights_only=True)`` (tensors and plain containers, never arbitrary Python
+objects), with every failure a
 :class:`~protoseg.io.errors.DataError` naming the file. :func:`describe_checkpoint` says what a
 file holds (a stage's Lightning checkpoint and its class, an encoder export, a state dict), so
 that a wrong file is named with what it is and what was expected.
@@ -97,7 +98,7 @@ def check_stage_checkpoint(
         path: the file, for the message.
         state: what :func:`read_checkpoint` loaded from it.
         class_path: ``module.Class`` of the stage expected.
-        wanted_by: who expects it, for the message (``centre_weights``).
+        wanted_by: who expects it, for the message (``the detector's stage``).
 
     Raises:
         DataError: naming the file, what it holds and the class expected.
