@@ -60,8 +60,9 @@ from pathlib import Path
 from typing import Any
 
 from protoseg.commands import COMMANDS, run_command
-from protoseg.io.errors import DataError
+from protoseg.io.errors import DataError, NoLabelsError
 from protoseg.io.images import write_text_atomic
+from protoseg.io.outputs import check_output_folder, existing_paths, is_input_argument
 
 LEDGER_NAME = "chain.json"
 RESULT_NAME = "result.json"
@@ -224,19 +225,29 @@ class ChainLedger:
         settings: what the chain was started with (its steps' arguments). A resumed run must
             be started with the same, or the steps it keeps would not be its own.
         resume: keep the steps of an earlier run; without it (or without a ledger) the
-            folder is emptied first.
+            folder is emptied first, which only a chain's own folder (one holding its
+            ledger) or an empty one may be.
+        inputs: what the chain's steps read; the folder may not be, hold or lie inside one.
 
     Raises:
         DataError: on ``resume`` when the ledger was written with other settings, or is not
-            a ledger (a file cut short or edited by hand).
+            a ledger (a file cut short or edited by hand); a folder that is not a chain's
+            and not empty, or that is, holds or lies inside the chain's input data.
     """
 
-    def __init__(self, run_dir: str | Path, settings: dict[str, Any], resume: bool) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        settings: dict[str, Any],
+        resume: bool,
+        inputs: Sequence[Path] = (),
+    ) -> None:
         self.path = Path(run_dir) / LEDGER_NAME
         self.settings = settings
         self.steps: dict[str, Record] = {}
         self.kept: list[str] = []
         self._reached: list[str] = []
+        check_output_folder(run_dir, inputs, "chain run folder (--run_dir)")
         if resume and self.path.is_file():
             try:
                 saved = json.loads(self.path.read_text())
@@ -253,6 +264,11 @@ class ChainLedger:
             self.steps = saved_steps
         else:
             run_dir = Path(run_dir)
+            if run_dir.exists() and not self.path.is_file() and any(run_dir.iterdir()):
+                raise DataError(
+                    f"{run_dir}: chain run folder (--run_dir) holds files of something else "
+                    f"(no {LEDGER_NAME}); give a new or empty --run_dir"
+                )
             if run_dir.exists():
                 print(f"protoseg chain: removing the previous run in {run_dir}")
                 shutil.rmtree(run_dir)
@@ -274,7 +290,10 @@ class ChainLedger:
         self.steps = {k: v for k, v in self.steps.items() if k in self._reached}
         self._reached.append(name)
         for path in outputs:
-            shutil.rmtree(path, ignore_errors=True)
+            # What the chain wrote there before; outside its folder a step's own checks
+            # decide (a fit refuses a used run folder, a predict a folder not protoseg's).
+            if self.path.parent.resolve() in path.resolve().parents:
+                shutil.rmtree(path, ignore_errors=True)
         record = step()
         self.steps[name] = record
         write_text_atomic(
@@ -308,7 +327,12 @@ def _lightning_step(command: str, argv: list[str]) -> Record:
     from protoseg.cli import build_cli
     from protoseg.distributed import destroy_process_group
 
-    cli = build_cli([command, *argv])
+    try:
+        cli = build_cli([command, *argv])
+    except NoLabelsError:
+        # A label-free chain on images without labels: its scorings have nothing to score.
+        destroy_process_group()
+        return {"metrics": None}
     destroy_process_group()
     record: Record = {}
     if command == "fit":
@@ -403,6 +427,45 @@ def summary_rows(chain: Chain, steps: dict[str, Record]) -> list[Record]:
     return rows
 
 
+def _config_data(path: Path) -> dict[str, Any]:
+    """A config file's datamodule arguments (``data.init_args`` or ``data``), if readable."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}  # the step itself names the file when it runs
+    data = spec.get("data") if isinstance(spec, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("init_args"), dict):
+        data = data["init_args"]
+    return data if isinstance(data, dict) else {}
+
+
+def chain_inputs(chain: Chain, argvs: dict[str, list[str]]) -> list[Path]:
+    """The data the chain's Lightning steps read, as far as their arguments and config files
+    show it (``root``, ``slides``, ``*_dir(s)`` of the datamodule), without the artifacts
+    the chain itself writes: the run folder may not be, hold or lie inside any of it."""
+    written = {chain.artifacts[s.writes].resolve() for s in chain.steps if s.writes}
+    found: list[Path] = []
+    for step in chain.steps:
+        if not COMMANDS[step.command].lightning:
+            continue
+        values: dict[str, Any] = {}
+        tokens = argvs[step.name]
+        for index, token in enumerate(tokens):
+            key, sep, value = token.partition("=")
+            if not sep and index + 1 < len(tokens) and not tokens[index + 1].startswith("--"):
+                value = tokens[index + 1]
+            if key in ("--config", "--data") and value.endswith((".yaml", ".yml")):
+                values.update(_config_data(Path(value)))
+            elif key.startswith("--data."):
+                values[key.removeprefix("--data.").removeprefix("init_args.")] = value
+        for name, value in values.items():
+            if is_input_argument(name):
+                found += [p for p in existing_paths(value) if p.resolve() not in written]
+    return list(dict.fromkeys(found))
+
+
 def run_chain(
     chain: Chain,
     overrides: Sequence[str] = (),
@@ -421,7 +484,7 @@ def run_chain(
         raise DataError(f"{chain.path}: --step-arg names no step of this chain: {sorted(unknown)}")
     argvs = {s.name: chain.argv(s, overrides, step_args.get(s.name, ())) for s in chain.steps}
     settings = {"chain": chain.path.as_posix(), "steps": argvs}
-    ledger = ChainLedger(chain.run_dir, settings, resume)
+    ledger = ChainLedger(chain.run_dir, settings, resume, chain_inputs(chain, argvs))
     written: set[str] = set()
     for index, step in enumerate(chain.steps, 1):
         head = f"protoseg chain: [{index}/{len(chain.steps)}] {step.name}"

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import (
     ArgsType,
     LightningArgumentParser,
@@ -33,7 +34,7 @@ from protoseg.distributed import destroy_process_group
 from protoseg.guard import check_run, removed_on_failure
 from protoseg.io.checkpoints import check_stage_checkpoint, read_checkpoint, weights_mismatch
 from protoseg.io.class_maps import TissueClasses
-from protoseg.io.errors import DataError, reported
+from protoseg.io.errors import DataError, NoLabelsError, reported
 from protoseg.lightning_modules.legacy import upgrade_segmentation_hparams
 from protoseg.precision import resolve_precision
 from protoseg.quiet import quiet_lightning
@@ -223,6 +224,12 @@ class ProtosegCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         self.allow_random_weights = bool(config.get("allow_random_weights"))
         output_dir = self.predictions_dir() if subcommand == "predict" else None
+        if self.trainer.logger is None:
+            # --trainer.logger=false: the configs' learning-rate monitor has nothing to log
+            # into (Lightning would stop the run with a MisconfigurationException).
+            monitors = [c for c in self.trainer.callbacks if isinstance(c, LearningRateMonitor)]
+            for callback in monitors:
+                self.trainer.callbacks.remove(callback)
         check_run(self, subcommand, ckpt_path, output_dir)
         with removed_on_failure(self.trainer):
             try:
@@ -275,7 +282,7 @@ class ProtosegCLI(LightningCLI):
     def _scored(self, results: list[Any], subcommand: str) -> list[Any]:
         if not results:
             where = getattr(self.datamodule, "root", None) or type(self.datamodule).__name__
-            raise DataError(
+            raise NoLabelsError(
                 f"{where}: no labelled images to {subcommand} on (images/ without "
                 "annotations_xml/ or labels/, or label_source=none)"
             )

@@ -28,15 +28,17 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from protoseg.io.checkpoints import check_stage_checkpoint, read_checkpoint
+from protoseg.io.checkpoints import check_stage_checkpoint, class_path_of, read_checkpoint
 from protoseg.io.errors import DataError
-from protoseg.io.outputs import check_output_folder, claim_output_folder
+from protoseg.io.outputs import (
+    check_output_folder,
+    claim_output_folder,
+    existing_paths,
+    is_input_argument,
+)
 
 #: ``--ckpt_path`` values Lightning resolves itself (not file names).
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
-#: Datamodule arguments that name what it reads: ``root``, ``slides`` and ``*_dir(s)``,
-#: ``*_path(s)``, ``*_root``.
-INPUT_ARGUMENT_SUFFIXES = ("_dir", "_dirs", "_path", "_paths", "_root")
 
 
 def input_paths(datamodule: L.LightningDataModule | None) -> list[Path]:
@@ -44,10 +46,8 @@ def input_paths(datamodule: L.LightningDataModule | None) -> list[Path]:
     hparams = dict(getattr(datamodule, "hparams", {}) or {})
     found: list[Path] = []
     for name, value in hparams.items():
-        if name not in ("root", "slides") and not name.endswith(INPUT_ARGUMENT_SUFFIXES):
-            continue
-        values = value if isinstance(value, (list, tuple)) else [value]
-        found += [Path(v) for v in values if isinstance(v, (str, Path)) and Path(v).exists()]
+        if is_input_argument(name):
+            found += existing_paths(value)
     return found
 
 
@@ -142,11 +142,6 @@ def check_run(
                 check_stage_checkpoint(last, read_checkpoint(last), class_path_of(model))
     allow = bool(getattr(cli, "allow_random_weights", False))
     check_trained_weights(model, subcommand, ckpt_path, allow)
-
-
-def class_path_of(model: Any) -> str:
-    """``module.Class`` of an object, as configs and checkpoints name it."""
-    return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
 class _Stepped(Callback):

@@ -72,11 +72,13 @@ def write_root(root: Path, xml: bool = True, labels: bool = True, seed: int = 0)
     return root
 
 
-def tiny(root: Path, run: Path, config: Path = CONFIGS / "quickstart.yaml") -> list[str]:
-    """A stage config shrunk to seconds (test_resnet U-Net, 32 px crops) writing into ``run``."""
+def tiny(root: Path, run: Path, config: Path = CONFIGS / "quickstart/segment.yaml") -> list[str]:
+    """A stage config shrunk to seconds (test_resnet U-Net, 32 px crops) writing into ``run``;
+    the quick-start head trains on the root's labels here (no pseudo masks)."""
     return [
         f"--config={config}",
         f"--data.root={root}",
+        "--data.pseudo_mask_dir=null",
         "--data.crop_size=32",
         "--data.crops_per_epoch=4",
         "--data.batch_size=2",
@@ -622,7 +624,10 @@ def console_script() -> Path:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["fit", "--config=configs/quickstart.yaml", "--trainer.max_stepz=2"], "max_steps?"),
+        (
+            ["fit", "--config=configs/quickstart/segment.yaml", "--trainer.max_stepz=2"],
+            "max_steps?",
+        ),
         (["score", "--predictions", "nowhere", "--root", "samples/monuseg_crops"], "nowhere"),
     ],
     ids=["unknown-option", "score-missing-folder"],

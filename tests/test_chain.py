@@ -57,6 +57,27 @@ def test_without_resume_the_folder_starts_empty(tmp_path: Path) -> None:
     assert ledger.steps == {} and not (tmp_path / "old.ckpt").exists()
 
 
+def test_a_folder_not_a_chains_is_never_emptied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a chain's own folder (its ledger) or an empty one is cleared for a new run; a
+    run folder that is, holds or lies inside the data the chain reads is refused."""
+    mine = tmp_path / "results"
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=rf"{mine}: chain run folder .* \(no {LEDGER_NAME}\)"):
+        ChainLedger(mine, SETTINGS, resume=False)
+    assert (mine / "notes.txt").read_text() == "mine"
+    data = tmp_path / "project" / "data"
+    (data / "images").mkdir(parents=True)
+    chain = str(ROOT / "configs/chains/quickstart.yaml")
+    for run_dir in (tmp_path / "project", data / "images" / "run"):
+        assert main([chain, "--run_dir", str(run_dir), f"--data.root={data}"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run_dir}: chain run folder (--run_dir)" in err and f"{data}, which" in err
+    assert sorted(p.name for p in (tmp_path / "project").rglob("*")) == ["data", "images"]
+
+
 @pytest.mark.parametrize("path", CHAINS, ids=lambda p: p.stem)
 def test_shipped_chains_load_and_name_existing_configs(path: Path) -> None:
     chain = load_chain(path)

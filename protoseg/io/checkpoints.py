@@ -86,6 +86,12 @@ def describe_checkpoint(state: Mapping[str, Any]) -> str:
     return f"a dict of {', '.join(sorted(map(str, state))[:4])}"
 
 
+def class_path_of(model: Any) -> str:
+    """``module.Class`` of an object (or of a class), as configs and checkpoints name it."""
+    cls = model if isinstance(model, type) else type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def check_stage_checkpoint(
     path: str | Path,
     state: Mapping[str, Any],

@@ -18,6 +18,12 @@ class DataError(ValueError):
     """
 
 
+class NoLabelsError(DataError):
+    """``validate`` or ``test`` found no labelled image to score. A command alone stops with
+    it (status 2); ``protoseg chain`` records the step as "no labels to score" and goes on,
+    so that a label-free chain runs on a folder of images without labels."""
+
+
 def one_line(error: BaseException) -> str:
     """An error's message on one line.
 

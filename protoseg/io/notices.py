@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-
 _said: set[str] = set()
+
+
+def _rank() -> int:
+    """This process's rank: Lightning's where a run has set it, else the launcher's
+    environment (so that tools reading images, e.g. ``protoseg score``, need no Lightning)."""
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    rank = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
+    if rank is not None:
+        return int(rank)
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 
 def notice_once(kind: str, message: str) -> None:
@@ -15,5 +27,5 @@ def notice_once(kind: str, message: str) -> None:
     if kind in _said:
         return
     _said.add(kind)
-    if getattr(rank_zero_only, "rank", 0) == 0:
+    if _rank() == 0:
         sys.stderr.write(f"protoseg: note: {message}\n")

@@ -24,6 +24,22 @@ MANIFEST = "protoseg_outputs.json"
 """The file that marks a folder as protoseg's outputs, listing them (and skipped inputs)."""
 
 
+#: Datamodule arguments that name what it reads: ``root``, ``slides`` and ``*_dir(s)``,
+#: ``*_path(s)``, ``*_root``.
+INPUT_ARGUMENT_SUFFIXES = ("_dir", "_dirs", "_path", "_paths", "_root")
+
+
+def is_input_argument(name: str) -> bool:
+    """Whether a datamodule argument of this name names files or folders it reads."""
+    return name in ("root", "slides") or name.endswith(INPUT_ARGUMENT_SUFFIXES)
+
+
+def existing_paths(value: Any) -> list[Path]:
+    """The paths among an argument's value (a path or a list of them) that exist."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [Path(v) for v in values if isinstance(v, (str, Path)) and v and Path(v).exists()]
+
+
 def _resolved(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 

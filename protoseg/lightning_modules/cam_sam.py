@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from protoseg.io.checkpoints import check_stage_checkpoint, class_path_of, read_checkpoint
 from protoseg.io.class_maps import IGNORE_INDEX
 from protoseg.io.errors import DataError
 from protoseg.lightning_modules.cam_classifier import CAMClassifierModule
@@ -31,15 +32,17 @@ def load_classifier(path: str | Path) -> CAMClassifierModule:
     """A trained :class:`CAMClassifierModule` from its Lightning checkpoint, in eval mode.
 
     Raises:
-        FileNotFoundError: no such file.
-        DataError: the file is not a checkpoint of a CAM classifier.
+        DataError: no such file, or the file is not a checkpoint of a CAM classifier
+            (read with ``weights_only=True``; named with what it holds).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: classifier checkpoint not found (classifier_ckpt)")
+    state = read_checkpoint(path, "classifier checkpoint (classifier_ckpt)")
+    check_stage_checkpoint(path, state, class_path_of(CAMClassifierModule), "classifier_ckpt")
     try:
-        module = CAMClassifierModule.load_from_checkpoint(path, map_location="cpu")
-    except Exception as error:  # noqa: BLE001 - a foreign or truncated file, named once
+        module = CAMClassifierModule.load_from_checkpoint(
+            path, map_location="cpu", weights_only=True
+        )
+    except Exception as error:  # noqa: BLE001 - weights of another shape, named once
         raise DataError(f"{path}: not a CAMClassifierModule checkpoint ({error})") from None
     return module.eval()
 

@@ -141,7 +141,8 @@ def test_bad_inputs_are_named_in_one_line(
     missing = tmp_path / "nothing.ckpt"
     with pytest.raises(SystemExit):
         main(["validate", *pseudo_args(root, missing, tmp_path, sam=False)])
-    assert f"{missing}: classifier checkpoint not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{missing}: classifier checkpoint (classifier_ckpt) file does not exist" in err
     with pytest.raises(SystemExit):
         main(
             [
@@ -151,7 +152,7 @@ def test_bad_inputs_are_named_in_one_line(
             ]
         )
     err = capsys.readouterr().err
-    assert "checkpoint not found" in err and err.count("\n") == 1
+    assert "file does not exist" in err and err.count("\n") == 1
 
 
 # ~3 minutes of CPU on a loaded 2-core machine (two spawned processes): slow.
