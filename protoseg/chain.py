@@ -484,24 +484,25 @@ def run_chain(
         raise DataError(f"{chain.path}: --step-arg names no step of this chain: {sorted(unknown)}")
     argvs = {s.name: chain.argv(s, overrides, step_args.get(s.name, ())) for s in chain.steps}
     settings = {"chain": chain.path.as_posix(), "steps": argvs}
-    ledger = ChainLedger(chain.run_dir, settings, resume, chain_inputs(chain, argvs))
     written: set[str] = set()
-    for index, step in enumerate(chain.steps, 1):
-        head = f"protoseg chain: [{index}/{len(chain.steps)}] {step.name}"
+    for step in chain.steps:  # before anything is written
         for name in step.reads:
             if name not in written and not chain.artifacts[name].exists():
                 raise DataError(
                     f"{chain.artifacts[name]}: step {step.name!r} reads artifact {name!r}, "
                     "which no earlier step writes and which does not exist"
                 )
+        if step.writes:
+            written.add(step.writes)
+    ledger = ChainLedger(chain.run_dir, settings, resume, chain_inputs(chain, argvs))
+    for index, step in enumerate(chain.steps, 1):
+        head = f"protoseg chain: [{index}/{len(chain.steps)}] {step.name}"
         kept = step.name in ledger.steps
         if not kept:
             line = shlex.join(["protoseg", step.command, *argvs[step.name]])
             log(f"{head}: {line}")
         outputs = [chain.artifacts[step.writes]] if step.writes else []
         record = ledger.run(step.name, lambda s=step: _run(s, argvs[s.name]), outputs)
-        if step.writes:
-            written.add(step.writes)
         state = "kept from an earlier run" if kept else f"{step.command} in {record['seconds']} s"
         details = describe(record)
         log(f"{head}: {state}" + (f": {details}" if details else ""))

@@ -577,6 +577,41 @@ def _no_gpu(w: World, t: Path) -> tuple[list[str], str]:
     return fit(w, t, "--trainer.accelerator=gpu"), "--trainer: No supported gpu backend found"
 
 
+CHAIN = CONFIGS / "chains" / "quickstart.yaml"
+
+
+@case
+def _chain_run_dir_in_data(w: World, t: Path) -> tuple[list[str], str]:
+    run_dir = w.root / "images" / "run"
+    args = ["chain", str(CHAIN), "--run_dir", str(run_dir), f"--data.root={w.root}"]
+    return args, f"{run_dir}: chain run folder (--run_dir) lies inside {w.root}"
+
+
+@case
+def _chain_run_dir_of_strangers(w: World, t: Path) -> tuple[list[str], str]:
+    """Without --resume a chain empties its run folder: never one it did not make."""
+    (t / "results").mkdir()
+    (t / "results" / "table.csv").write_text("mine\n")
+    args = ["chain", str(CHAIN), "--run_dir", str(t / "results"), f"--data.root={w.root}"]
+    return args, f"{t / 'results'}: chain run folder (--run_dir) holds files of something else"
+
+
+@case
+def _chain_reads_a_missing_artifact(w: World, t: Path) -> tuple[list[str], str]:
+    """A chained stage whose input (a stage's checkpoint) no earlier step writes."""
+    chain = t / "chain.yaml"
+    chain.write_text(
+        "artifacts: {stage: missing_stage}\n"
+        "steps:\n"
+        "  - name: head predictions\n"
+        "    command: predict\n"
+        f"    args: [--config={CONFIGS / 'quickstart/segment.yaml'}, "
+        '"--ckpt_path={stage}/checkpoints/last.ckpt"]\n'
+    )
+    args = ["chain", str(chain), "--run_dir", str(t / "chain_run"), f"--data.root={w.root}"]
+    return args, "step 'head predictions' reads artifact 'stage', which no earlier step writes"
+
+
 def snapshot(*folders: Path) -> dict[str, str]:
     """Every file and folder under ``folders``: a file's SHA-256, a folder's "dir"."""
     found = {}

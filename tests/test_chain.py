@@ -145,6 +145,7 @@ def test_a_missing_input_stops_the_chain_before_any_step(
     assert main([str(path), "--run_dir", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert f"{tmp_path / 'run' / 'masks'}: step 'head fit' reads artifact 'masks'" in error
+    assert not (tmp_path / "run").exists()  # nothing made before the check
 
 
 def test_a_tool_step_runs_and_its_failure_stops_the_chain(

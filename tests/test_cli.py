@@ -39,7 +39,9 @@ def tiny_overrides(root: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def test_fit_then_predict_writes_instance_maps(tiny_monuseg_root: Path, tmp_path: Path) -> None:
+def test_fit_then_predict_writes_instance_maps(
+    tiny_monuseg_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
     main(
         [
@@ -49,6 +51,10 @@ def test_fit_then_predict_writes_instance_maps(tiny_monuseg_root: Path, tmp_path
             "--trainer.check_val_every_n_epoch=1",
         ]
     )
+    # Quiet by default: none of the lines Lightning prints on every run that no user acts on.
+    printed = "".join(capfd.readouterr())
+    for noise in ("Tip:", "litlogger", "GPU available", "_pytree", "LeafSpec", "Seed set"):
+        assert noise not in printed, noise
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.is_file()
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))

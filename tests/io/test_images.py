@@ -58,6 +58,23 @@ def test_read_rgb_converts_grey_alpha_and_16_bit(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_rgb(tmp_path / "deep.png")[0, :, 0], [0, 1, 255, 128])
 
 
+def test_each_kind_of_conversion_is_noted_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("protoseg.io.notices._said", set())
+    grey = rgb_image()[:, :, 0]
+    for name in ("grey0.png", "grey1.png"):
+        Image.fromarray(grey).save(tmp_path / name)
+    Image.fromarray(np.dstack([rgb_image(), grey])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb_image()).save(tmp_path / "rgb.png")
+    for name in ("grey0.png", "grey1.png", "rgba.png", "rgb.png"):
+        read_rgb(tmp_path / name)
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == 2, notes
+    assert notes[0].startswith(f"protoseg: note: {tmp_path / 'grey0.png'}: ")
+    assert notes[1].startswith(f"protoseg: note: {tmp_path / 'rgba.png'}: ")
+
+
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_read_rgb_rejects_bad_files(tmp_path: Path) -> None:
     cases = {
