@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 from tqdm import tqdm
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import write_result  # noqa: E402
 from benchmarks.psm_sweep import Inputs  # noqa: E402
 from protoseg.datamodules.monuseg import find_records  # noqa: E402
+from protoseg.io.checkpoints import read_checkpoint  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.metrics.functional import nuclei_scores  # noqa: E402
@@ -131,7 +131,7 @@ def main() -> None:
     settings = sweep["chosen"]
     if settings["class_path"].endswith("CentreGuidedSplit"):
         # The detector's network config travels in the swept head's checkpoint.
-        head = torch.load(sweep["checkpoint"], map_location="cpu", weights_only=False)
+        head = read_checkpoint(sweep["checkpoint"])
         net = head["hyper_parameters"]["postprocess"]["init_args"]["centre_net"]
         settings = {**settings, "init_args": {**settings["init_args"], "centre_net": net}}
     split = build_network(settings).detached()

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
+from protoseg.io.checkpoints import read_checkpoint  # noqa: E402
 from protoseg.io.images import write_bytes_atomic  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.metrics.functional import nuclei_scores  # noqa: E402
@@ -352,7 +353,7 @@ def main() -> None:
     tuning_stems, held_out_stems = split_stems(stems, args.val_fraction, args.split_seed)
     tuning = Evaluator([Inputs(args.cache / f"{s}.npz") for s in tuning_stems])
     held_out = Evaluator([Inputs(args.cache / f"{s}.npz") for s in held_out_stems])
-    shipped = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    shipped = read_checkpoint(args.checkpoint)
     shipped = shipped["hyper_parameters"]["postprocess"]
 
     start = time.perf_counter()
