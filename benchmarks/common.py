@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from protoseg.io.errors import DataError
 from protoseg.provenance import (  # noqa: F401 (the benchmarks' names for them)
     CPU_LIMIT_VARIABLES,
     cpu_model,
@@ -50,17 +51,33 @@ def rounded(metrics: dict[str, Any], prefix: str = "val/") -> dict[str, float]:
     return {k.removeprefix(prefix): round(float(v), 4) for k, v in metrics.items()}
 
 
+RUN_MARK = ".protoseg_run"
+"""The file that marks a folder as a benchmark's run folder, which a rerun may empty."""
+
+
 def fresh_run_dir(run_dir: str | Path) -> Path:
     """Empties ``run_dir`` so that a rerun's ``last.ckpt`` and outputs are its own.
 
     Lightning names a new checkpoint ``last-v1.ckpt`` when ``last.ckpt`` exists, so a rerun
     into a used folder would leave the Makefile's ``predict`` step reading the old weights.
+    Only a benchmark's own folder (it holds :data:`RUN_MARK`), an empty one or one under
+    ``runs/`` (protoseg's scratch, which ``make clean`` removes) is emptied.
+
+    Raises:
+        DataError: ``run_dir`` holds files of something else.
     """
     run_dir = Path(run_dir)
     if run_dir.exists():
+        ours = (run_dir / RUN_MARK).is_file() or "runs" in run_dir.resolve().parts
+        if not ours and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise DataError(
+                f"{run_dir}: --run-dir holds files of something else (no {RUN_MARK}); "
+                "give a new or empty folder"
+            )
         print(f"benchmark: removing the previous run in {run_dir}")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    (run_dir / RUN_MARK).write_text("a protoseg benchmark's run folder: a rerun empties it\n")
     return run_dir
 
 

@@ -13,11 +13,14 @@ import pytest
 from benchmarks.common import (
     CPU_LIMIT_VARIABLES,
     ROOT,
+    RUN_MARK,
     bench_overrides,
+    fresh_run_dir,
     machine_info,
     source_state,
     write_result,
 )
+from protoseg.io.errors import DataError
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -89,3 +92,15 @@ def test_bench_overrides_keep_the_configs_accelerator_unless_one_is_given() -> N
     assert not any(a.startswith("--trainer.accelerator") for a in kept)
     moved = bench_overrides("configs/psm/monuseg.yaml", "runs/x", "data", accelerator="gpu")
     assert moved == [*kept, "--trainer.accelerator=gpu"]
+
+
+def test_a_rerun_empties_only_a_benchmarks_own_folder(tmp_path: Path) -> None:
+    run_dir = fresh_run_dir(tmp_path / "bench")
+    (run_dir / "checkpoints").mkdir()
+    assert sorted(p.name for p in fresh_run_dir(run_dir).iterdir()) == [RUN_MARK]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=f"{mine}: --run-dir holds files of something else"):
+        fresh_run_dir(mine)
+    assert (mine / "notes.txt").read_text() == "mine"
