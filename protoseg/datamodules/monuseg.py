@@ -29,7 +29,7 @@ from protoseg.data.records import ImageRecord, find_records, find_unlabelled, sp
 from protoseg.data.samplers import SameSizeBatchSampler, epoch_seed_sampler, evaluation_sampler
 from protoseg.data.store import ImageStore
 from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
-from protoseg.io.errors import DataError, one_line
+from protoseg.io.errors import DataError, NoLabelsError, one_line
 from protoseg.io.images import check_image, image_size, read_rgb
 from protoseg.io.resample import resampled_shape
 from protoseg.memory import available_memory
@@ -300,6 +300,12 @@ class MoNuSegDataModule(L.LightningDataModule):
                 transform,
                 requested_crop_targets(self.trainer),
             )
+        if stage == "validate" and not self.val_records:
+            # Before the checkpoint is read: the reason is the one line the command prints.
+            raise NoLabelsError(
+                f"{self.root}: no labelled images to validate on (images/ without "
+                f"annotations_xml/ or labels/, or label_source={self.hparams.label_source!r})"
+            )
         if stage in ("fit", "validate"):
             self.val_dataset = self._whole(self.val_records) if self.val_records else None
             # Training crops read labels at the models' resolution, validation at the files'.
@@ -308,7 +314,7 @@ class MoNuSegDataModule(L.LightningDataModule):
         if stage == "test":
             labelled = [r for r in self.records if r.label_path is not None]
             if not labelled:
-                raise DataError(
+                raise NoLabelsError(
                     f"{self.root}: no labelled images to test on "
                     f"(label_source={self.hparams.label_source!r})"
                 )
