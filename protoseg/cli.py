@@ -22,10 +22,11 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from protoseg.callbacks.class_map_writer import ClassMapWriter
+from protoseg.callbacks.class_map_writer import ClassMapWriter, SlideClassMapWriter
 from protoseg.callbacks.prediction_outputs import PredictionOutputs
 from protoseg.callbacks.prediction_writer import InstancePredictionWriter
 from protoseg.callbacks.preemption import PreemptionCheckpoint
+from protoseg.callbacks.prototype_gallery import PrototypeGalleryWriter
 from protoseg.callbacks.slide_writer import SlidePredictionWriter
 from protoseg.commands import COMMANDS
 from protoseg.commands import main as commands_main
@@ -36,6 +37,7 @@ from protoseg.io.checkpoints import check_stage_checkpoint, read_checkpoint, wei
 from protoseg.io.class_maps import TissueClasses
 from protoseg.io.errors import DataError, NoLabelsError, reported
 from protoseg.lightning_modules.legacy import upgrade_segmentation_hparams
+from protoseg.lightning_modules.prototypes import PrototypeModule
 from protoseg.precision import resolve_precision
 from protoseg.quiet import quiet_lightning
 from protoseg.usage import argument_error, check_config_files, instantiation_error
@@ -249,20 +251,40 @@ class ProtosegCLI(LightningCLI):
         return Path(output_dir)
 
     def before_predict(self) -> None:
-        """Attaches the prediction writer, so that predictions land on disk, not in memory:
-        one GeoJSON and preview per slide for a slide datamodule, class maps in the dataset's
-        codes for a tissue datamodule (one with ``classes``), else files per image."""
+        """Attaches the prediction writer, so that predictions land on disk, not in memory
+        (:meth:`prediction_writer`)."""
         output_dir = self.predictions_dir()
-        classes = getattr(self.datamodule, "classes", None)
-        if isinstance(self.datamodule, WSIPredictDataModule):
-            writer: L.Callback = SlidePredictionWriter(output_dir)
-        elif isinstance(classes, TissueClasses):  # a tissue dataset: class maps in its codes
-            writer = ClassMapWriter(output_dir, classes)
-        else:
-            writer = InstancePredictionWriter(output_dir, geojson=self.config.predict.geojson)
+        writer = self.prediction_writer(output_dir)
         # After the writer: its on_predict_end (the last slides' files) comes first.
         self.trainer.callbacks += [writer, PredictionOutputs(output_dir)]
         print(f"protoseg: writing predictions to {Path(output_dir).resolve()}")
+
+    def prediction_writer(self, output_dir: Path) -> L.Callback:
+        """The writer of what the model predicts: clusters and a naming gallery for a
+        prototype stage without a dictionary; class maps in the dataset's codes where the
+        model (a prototype dictionary) or the datamodule names tissue classes, one per slide
+        for a slide datamodule; else instance maps (one GeoJSON and preview per slide)."""
+        model, datamodule = self.model, self.datamodule
+        classes = getattr(model, "classes", None)
+        if not isinstance(classes, TissueClasses):
+            classes = getattr(datamodule, "classes", None)
+        slides = isinstance(datamodule, WSIPredictDataModule)
+        if isinstance(model, PrototypeModule) and not model.has_dictionary:
+            if not isinstance(classes, TissueClasses):
+                raise DataError(
+                    f"{type(datamodule).__name__}: clustering needs the names a cluster may "
+                    "get: use a tissue datamodule (class_names), e.g. WSSSDataModule"
+                )
+            hp = model.hparams
+            settings = model.embedder.settings
+            return PrototypeGalleryWriter(
+                output_dir, classes, settings, hp.clusters, hp.exemplars, hp.seed
+            )
+        if isinstance(classes, TissueClasses):
+            return (SlideClassMapWriter if slides else ClassMapWriter)(output_dir, classes)
+        if slides:
+            return SlidePredictionWriter(output_dir)
+        return InstancePredictionWriter(output_dir, geojson=self.config.predict.geojson)
 
     def predict(self, model: L.LightningModule, **kwargs: Any) -> None:
         """Predicts without holding every image's result in memory (the writer has them)."""

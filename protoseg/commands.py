@@ -69,6 +69,18 @@ COMMANDS: dict[str, Command] = {
         "protoseg.report",
         "one table of benchmarks/results/*.json and runs' TensorBoard scalars",
     ),
+    "dictionary": Command(
+        "protoseg.dictionary",
+        "turn a prototype stage's clusters and their names into a prototype dictionary",
+    ),
+    "name-clusters": Command(
+        "protoseg.naming",
+        "name a prototype stage's clusters from the masks of a few images (simulated pathologist)",
+    ),
+    "score-tissue": Command(
+        "protoseg.tissue_scoring",
+        "score a folder of tissue class maps against a split's masks (IoU, mIoU, FwIoU)",
+    ),
     "slurm": Command(
         "protoseg.slurm", "write an sbatch script that trains a config with DDP under SLURM"
     ),

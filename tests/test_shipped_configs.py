@@ -11,6 +11,8 @@ import yaml
 from PIL import Image
 
 from protoseg.cli import main
+from protoseg.commands import run_command
+from protoseg.modules.backbones import TimmBackbone, save_encoder_checkpoint
 from protoseg.modules.networks import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,8 @@ def predict_only(config: Path) -> bool:
 @pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_checkpoint_callback_comes_last(config: Path) -> None:
     """Overrides of ``--trainer.callbacks.init_args.*`` reach the last callback of the list."""
+    if predict_only(config):
+        pytest.skip("a stage that trains nothing has no checkpoint")
     callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
     assert callbacks[-1]["class_path"].endswith("ModelCheckpoint")
     assert callbacks[-1]["init_args"]["save_last"] is True
@@ -53,6 +57,12 @@ def test_checkpoint_callback_comes_last(config: Path) -> None:
 @pytest.mark.parametrize("preset", TRAINER_PRESETS, ids=lambda p: p.stem)
 def test_trainer_presets_only_set_trainer_keys(preset: Path) -> None:
     assert set(yaml.safe_load(preset.read_text())) == {"trainer"}
+
+
+def predict_only(config: Path) -> bool:
+    """Whether a stage config only predicts (the prototype stage trains nothing)."""
+    model = yaml.safe_load(config.read_text())["model"]["class_path"]
+    return model.endswith("PrototypeModule")
 
 
 def uniform_pseudo_masks(root: Path, tmp_path: Path) -> Path:
@@ -81,6 +91,9 @@ def test_config_runs_end_to_end(
         pytest.skip(f"{config.name} never fits (see tests/lightning_modules/test_cam_sam_chain.py)")
     if not data_root.is_dir():
         pytest.skip(f"{config.name}: data root {data_root} is absent")
+    if predict_only(config):
+        run_prototype_stage(config, tmp_path)
+        return
     data_class = yaml.safe_load(config.read_text())["data"]["class_path"]
     tissue = data_class.endswith("WSSSDataModule")
     # A chained config reads an earlier stage's pseudo masks; true instance maps stand in (for
@@ -151,3 +164,41 @@ def test_config_runs_end_to_end(
         written = Image.open(out / f"{stem}.png")
         # Instance maps are 16-bit grey; tissue class maps palette PNGs of 8-bit codes.
         assert written.mode == ("P" if tissue else "I;16")
+
+
+def run_prototype_stage(config: Path, tmp_path: Path) -> None:
+    """The prototype stage's two predict passes, tiny: 3 clusters of the patches of 2 images
+    (a random encoder), names for two of them, the dictionary, pseudo masks of 2 images."""
+    encoder = save_encoder_checkpoint(TimmBackbone("resnet18"), tmp_path / "encoder.ckpt")
+    tiny = [
+        f"--config={config}",
+        f"--model.init_args.embedder.init_args.weights={encoder}",
+        "--model.init_args.clusters=3",
+        "--model.init_args.exemplars=2",
+        "--trainer.limit_predict_batches=2",
+        "--trainer.enable_progress_bar=false",
+    ]
+    gallery = tmp_path / "gallery"
+    main(["predict", *tiny, f"--output_dir={gallery}"])
+    assert (gallery / "gallery.html").is_file()
+    names = tmp_path / "names.json"
+    names.write_text('{"names": {"0": "stroma", "1": "tumor"}}')
+    dictionary = tmp_path / "dictionary.npz"
+    run_command(
+        "dictionary",
+        [
+            "--clusters",
+            str(gallery / "clusters.npz"),
+            "--names",
+            str(names),
+            "--output",
+            str(dictionary),
+        ],
+    )
+    out = tmp_path / "pseudo_masks"
+    main(["predict", *tiny, f"--model.init_args.dictionary={dictionary}", f"--output_dir={out}"])
+    written = sorted(out.glob("*_overlay.png"))
+    assert len(written) == 2
+    for overlay in written:
+        codes = np.array(Image.open(out / overlay.name.replace("_overlay", "")))
+        assert set(np.unique(codes).tolist()) <= {0, 1, 255}

@@ -305,7 +305,8 @@ class WSSSDataModule(L.LightningDataModule):
     ``class_names``, ``C`` the background, ``ignore_index`` (255) unsure or padding.
     Validation / test batches hold one whole image: ``image`` (1, 3, H, W), ``mask`` (1, H,
     W) int64 class indices, ``labels`` (1, C) (classes present in the mask), ``stem``,
-    ``path``. Predict batches: ``image``, ``stem``, ``path`` of one image.
+    ``path``. Predict batches: ``image``, ``stem``, ``path`` of one image, and ``labels``
+    (1, C) where its name carries them (the training split).
 
     Args:
         root: the dataset's folder (``training``/``train``, ``val``/``validation``,
@@ -378,12 +379,7 @@ class WSSSDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.save_hyperparameters()
         self.root = Path(root)
-        self.classes = TissueClasses(
-            tuple(class_names),
-            tuple(class_codes or ()),
-            background_code,
-            tuple(tuple(c) for c in palette or ()),
-        )
+        self.classes = TissueClasses.from_config(class_names, class_codes, background_code, palette)
         self.mean, self.std = tuple(mean), tuple(std)
         self.store = TissueImageStore(self.classes)
         self.train_dataset: TissueCropDataset | None = None
@@ -456,6 +452,9 @@ class WSSSDataModule(L.LightningDataModule):
         if not folder.is_dir():
             raise DataError(f"{folder}: image folder to predict does not exist")
         inner = find_split(folder, IMAGE_DIRS)
+        if inner is None and folder.name in TRAIN_DIRS:
+            # The training split: its names' image-level labels travel with the images.
+            return find_training_records(folder, len(self.hparams.class_names))
         return [TissueRecord(s, p) for s, p in _images(inner or folder).items()]
 
     # --- Lightning hooks -----------------------------------------------------------------

@@ -84,6 +84,18 @@ class TissueClasses:
         object.__setattr__(self, "codes", codes)
         object.__setattr__(self, "palette", palette)
 
+    @classmethod
+    def from_config(
+        cls,
+        names: list[str],
+        codes: list[int] | None = None,
+        background_code: int | None = None,
+        palette: list[tuple[int, int, int]] | None = None,
+    ) -> TissueClasses:
+        """From a datamodule's config values (lists, None for the defaults)."""
+        colours = tuple(tuple(int(v) for v in colour) for colour in palette or ())
+        return cls(tuple(names), tuple(codes or ()), background_code, colours)  # type: ignore[arg-type]
+
     @property
     def num_classes(self) -> int:
         """n, the number of scored classes."""

@@ -1,0 +1,129 @@
+"""``protoseg name-clusters``: a simulated pathologist that names clusters from a few masks.
+
+For benchmarks and for users with a handful of annotated images. A pathologist names a cluster
+by looking at its exemplars; this one looks at the patches of a few annotated images instead
+(the information a pathologist has after annotating those images): every patch of those images
+(one per embedding cell) goes to its nearest centroid; the class of a patch is what its mask
+shows (background where that covers most of it, else its main tissue class); and a cluster is
+named with the class of at least ``purity`` of its ``exemplars`` patches nearest the centroid
+(Proto2Seg: 10 exemplars, clusters under 0.8 purity dropped). Clusters with fewer patches, or
+less pure, are named ``ignore``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from protoseg.datamodules.wsss import TissueImageStore, find_masked_records
+from protoseg.io.errors import DataError
+from protoseg.io.prototype_files import IGNORE, Clusters, load_clusters, write_names
+from protoseg.modules.prototypes import (
+    build_embedder,
+    nearest_prototype,
+    pad_to_stride,
+    window_mean,
+)
+
+
+def patch_classes(indices: np.ndarray, stride: int, window: int, num_classes: int) -> np.ndarray:
+    """The class of the ``window`` px patch around every embedding cell of an (H, W) map of
+    class indices, as a pathologist would call it: ``num_classes`` (the background) where
+    background covers more than half of the patch, else its most frequent tissue class.
+
+    Returns:
+        (ceil(H / stride) * ceil(W / stride),) int64, row by row.
+    """
+    one_hot = torch.from_numpy(
+        np.eye(num_classes + 1, dtype=np.float32)[np.minimum(indices, num_classes)]
+    ).permute(2, 0, 1)[None]
+    cells = F.avg_pool2d(pad_to_stride(one_hot, stride), stride)
+    shares = window_mean(cells, window // stride)[0].flatten(1)
+    tissue = shares[:num_classes].argmax(dim=0)
+    background = shares[num_classes] > 0.5
+    return torch.where(background, num_classes, tissue).numpy().astype(np.int64)
+
+
+@torch.no_grad()
+def annotated_patches(
+    clusters: Clusters, root: Path, stems: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings (N, D) and true classes (N,) (:func:`patch_classes`) of the patch of
+    every embedding cell of the named images of a masked split (``img/`` + ``mask/``)."""
+    records = {r.stem: r for r in find_masked_records(root)}
+    missing = [s for s in stems if s not in records or records[s].mask_path is None]
+    if missing:
+        raise DataError(f"{root}: no image with a mask for {', '.join(missing)}")
+    embedder = build_embedder(clusters.embedder).eval()
+    store = TissueImageStore(clusters.classes)
+    embeddings, classes = [], []
+    for stem in stems:
+        image, indices = store.load(records[stem])
+        assert indices is not None
+        grid = embedder(normalize(image, IMAGENET_MEAN, IMAGENET_STD)[None])[0].numpy()
+        embeddings.append(grid.reshape(grid.shape[0], -1).T)
+        count = clusters.classes.num_classes
+        classes.append(patch_classes(indices, embedder.stride, embedder.window, count))
+    return np.concatenate(embeddings), np.concatenate(classes)
+
+
+def simulated_names(
+    clusters: Clusters,
+    embeddings: np.ndarray,
+    classes: np.ndarray,
+    exemplars: int = 10,
+    purity: float = 0.8,
+) -> dict[int, str]:
+    """Each cluster's name from annotated patches (see the module's docstring)."""
+    assignment, _ = nearest_prototype(embeddings, clusters.centroids)
+    names = clusters.classes.output_names
+    named: dict[int, str] = {}
+    for k, centroid in enumerate(clusters.centroids):
+        members = np.flatnonzero(assignment == k)
+        nearest = members[np.argsort(-(embeddings[members] @ centroid), kind="stable")][:exemplars]
+        votes = np.bincount(classes[nearest], minlength=256)[: len(names)]
+        share = votes.max() / exemplars if len(nearest) else 0.0
+        named[k] = names[int(votes.argmax())] if share >= purity else IGNORE
+    return named
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``protoseg name-clusters --clusters FILE --root SPLIT --images STEM ... --output FILE``."""
+    parser = argparse.ArgumentParser(
+        prog="protoseg name-clusters",
+        description="Name the clusters of a prototype stage from the masks of a few annotated "
+        "images (a simulated pathologist); writes the gallery's names.json format.",
+    )
+    parser.add_argument("--clusters", required=True, help="clusters.npz of the prototype stage")
+    parser.add_argument("--root", required=True, help="a split with img/ and mask/")
+    parser.add_argument("--images", nargs="+", required=True, help="stems of the images used")
+    parser.add_argument("--output", required=True, help="names file to write (JSON)")
+    parser.add_argument("--exemplars", type=int, default=10, help="patches judged per cluster")
+    parser.add_argument("--purity", type=float, default=0.8, help="least share of one class")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        clusters = load_clusters(args.clusters)
+        embeddings, classes = annotated_patches(clusters, Path(args.root), args.images)
+    except DataError as error:
+        parser.error(str(error))
+    names = simulated_names(clusters, embeddings, classes, args.exemplars, args.purity)
+    named = sum(name != IGNORE for name in names.values())
+    info: dict[str, Any] = {
+        "oracle": f"masks of {len(args.images)} images of {args.root}",
+        "images": list(args.images),
+        "named": named,
+    }
+    path = write_names(args.output, names, **info)
+    print(
+        f"protoseg: {named} of {len(names)} clusters named from {len(args.images)} masks "
+        f"-> {path.resolve()}"
+    )
+    return 0

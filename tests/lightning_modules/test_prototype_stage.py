@@ -1,0 +1,195 @@
+"""The prototype stage end to end on tiny fixtures: cluster, name (simulated pathologist),
+dictionary, dense query into pseudo masks; on image folders and on a whole slide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TISSUE_COLOURS, tissue_codes, tissue_picture, write_pyramid
+from PIL import Image
+
+from protoseg.cli import main
+from protoseg.commands import run_command
+from protoseg.io.prototype_files import load_clusters, load_dictionary
+from protoseg.modules.backbones import TimmBackbone, save_encoder_checkpoint
+
+CLASSES = ["--data.class_names=[tumor,stroma,normal]", "--data.background_code=3"]
+
+
+def model_args(encoder: Path) -> list[str]:
+    return [
+        "--model=protoseg.lightning_modules.prototypes.PrototypeModule",
+        "--model.embedder=protoseg.modules.prototypes.DenseEmbedder",
+        f"--model.embedder.weights={encoder}",
+        "--model.embedder.window=16",
+        "--model.clusters=6",
+        "--model.exemplars=3",
+        "--model.patch_step=8",
+        "--model.threshold=0.0",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
+def truth_of(image_path: Path) -> np.ndarray:
+    """The class codes a synthetic picture was painted from (its nearest colour)."""
+    colours = np.array([*TISSUE_COLOURS[:3], (250, 250, 250)], float)
+    image = np.asarray(Image.open(image_path).convert("RGB")).astype(float)
+    return np.abs(image[:, :, None] - colours).sum(-1).argmin(-1)
+
+
+@pytest.fixture
+def encoder(tmp_path: Path) -> Path:
+    return save_encoder_checkpoint(TimmBackbone("resnet18"), tmp_path / "encoder.ckpt")
+
+
+def test_cluster_name_query_on_an_image_folder(
+    tmp_path: Path, make_wsss_root: Callable[..., Path], encoder: Path
+) -> None:
+    root = make_wsss_root(tmp_path / "luad", n_train=4, n_val=3, size=64)
+    data = [
+        "--data=protoseg.datamodules.wsss.WSSSDataModule",
+        f"--data.root={root}",
+        *CLASSES,
+        "--data.num_workers=0",
+    ]
+    gallery = tmp_path / "gallery"
+    main(["predict", *model_args(encoder), *data, f"--output_dir={gallery}"])
+    clusters = load_clusters(gallery / "clusters.npz")
+    assert clusters.centroids.shape == (6, 512) and clusters.sizes.sum() == 4 * 8 * 8
+    assert all(len(group) == 3 for group in clusters.exemplars)
+    names = tmp_path / "names.json"
+    status = run_command(
+        "name-clusters",
+        [
+            "--clusters",
+            str(gallery / "clusters.npz"),
+            "--root",
+            str(root / "val"),
+            "--images",
+            "00",
+            "01",
+            "02",
+            "--output",
+            str(names),
+            "--exemplars",
+            "3",
+            "--purity",
+            "0.6",
+        ],
+    )
+    assert status == 0
+    dictionary = tmp_path / "dictionary.npz"
+    run_command(
+        "dictionary",
+        [
+            "--clusters",
+            str(gallery / "clusters.npz"),
+            "--names",
+            str(names),
+            "--output",
+            str(dictionary),
+        ],
+    )
+    assert len(load_dictionary(dictionary).names) >= 2
+    pseudo = tmp_path / "pseudo"
+    main(
+        [
+            "predict",
+            *model_args(encoder),
+            *data,
+            f"--model.dictionary={dictionary}",
+            f"--output_dir={pseudo}",
+        ]
+    )
+    hits = total = 0
+    for image in sorted((root / "training").glob("*.png")):
+        codes = np.array(Image.open(pseudo / image.name))
+        assert codes.shape == (64, 64) and set(np.unique(codes)) <= {0, 1, 2, 3, 255}
+        sure = codes != 255
+        hits += int((codes[sure] == truth_of(image)[sure]).sum())
+        total += int(sure.sum())
+    # Distinct colours: a random encoder's patches already separate them where it is sure.
+    assert total > 0.5 * 4 * 64 * 64 and hits / total > 0.8
+    scores = tmp_path / "scores.json"
+    # The pseudo masks of the validation images, scored against their masks.
+    main(
+        [
+            "predict",
+            *model_args(encoder),
+            *data[:-1],
+            "--data.num_workers=0",
+            f"--data.predict_dir={root / 'val'}",
+            f"--model.dictionary={dictionary}",
+            f"--output_dir={tmp_path / 'val_pseudo'}",
+        ]
+    )
+    assert (
+        run_command(
+            "score-tissue",
+            [
+                "--predictions",
+                str(tmp_path / "val_pseudo"),
+                "--root",
+                str(root / "val"),
+                "--output",
+                str(scores),
+            ],
+        )
+        == 0
+    )
+    assert '"miou"' in scores.read_text()
+
+
+def test_a_whole_slide(tmp_path: Path, encoder: Path) -> None:
+    """A generated pyramid of tissue bands: its tiles' patches cluster into a gallery with
+    slide thumbnails, and the dictionary's query writes one class map for the slide."""
+    rng = np.random.default_rng(0)
+    codes = np.kron(tissue_codes(8, [0, 1, 2], 3, rng), np.ones((32, 32), np.uint8))
+    slide = write_pyramid(tmp_path / "slide.tif", tissue_picture(codes, rng), mpp=1.0, levels=2)
+    data = [
+        "--data=protoseg.datamodules.wsss_slides.TissueSlideDataModule",
+        f"--data.slides=[{slide}]",
+        *CLASSES,
+        "--data.mpp=1.0",
+        "--data.tile_size=96",
+        "--data.overlap=16",
+        "--data.num_workers=0",
+        "--data.min_tissue=null",
+    ]
+    gallery = tmp_path / "gallery"
+    main(["predict", *model_args(encoder), *data, f"--output_dir={gallery}"])
+    clusters = load_clusters(gallery / "clusters.npz")
+    assert all(s["slide"] for group in clusters.exemplars for s in group)
+    assert (gallery / "gallery.html").stat().st_size > 1000
+    names = tmp_path / "names.json"
+    names.write_text('{"names": {"0": "tumor", "1": "stroma", "2": "normal"}}')
+    dictionary = tmp_path / "dictionary.npz"
+    run_command(
+        "dictionary",
+        [
+            "--clusters",
+            str(gallery / "clusters.npz"),
+            "--names",
+            str(names),
+            "--output",
+            str(dictionary),
+        ],
+    )
+    out = tmp_path / "slide_maps"
+    main(
+        [
+            "predict",
+            *model_args(encoder),
+            *data,
+            f"--model.dictionary={dictionary}",
+            f"--output_dir={out}",
+        ]
+    )
+    written = np.array(Image.open(out / "slide.png"))
+    assert written.shape == (256, 256)
+    assert set(np.unique(written)) <= {0, 1, 2, 255} and (written != 255).mean() > 0.3
+    assert Image.open(out / "slide_overlay.png").size == (256, 256)
