@@ -14,7 +14,7 @@ RESULTS := benchmarks/results
 .PHONY: help install test test-slow lint format quickstart bench-quickstart readme-table clean \
 	bench-monuseg-supervised \
 	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-monuseg-psm-holdout bench-postprocess bench-resolution \
-	bench-wsi bench-ssl bench-wsss4luad-camsam \
+	bench-wsi bench-ssl bench-wsss4luad-camsam bench-wsss4luad-prototypes \
 	sweep-ssl sweep-segment report
 
 help: ## Show this help
@@ -120,6 +120,12 @@ bench-wsss4luad-camsam: ## CAM + SAM chain on WSSS4LUAD: classifier -> CAM and C
 	$(BIN)/python -m benchmarks.wsss4luad_camsam --data-root $(DATA)/wsss4luad \
 		--run-dir $(BENCH_CAMSAM) --output $(RESULTS)/wsss4luad_camsam.json \
 		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
+
+BENCH_PROTO := runs/bench_wsss4luad_prototypes
+bench-wsss4luad-prototypes: ## Tissue prototype chain on WSSS4LUAD (SSL -> clusters -> simulated pathologist -> pseudo masks -> head), 5-fold supervised reference and colour baseline, scored on the validation masks (CHAIN_ARGS=--resume to finish a cut run)
+	$(BIN)/python benchmarks/wsss4luad_prototypes.py --data-root $(DATA)/wsss4luad \
+		--run-dir $(BENCH_PROTO) --output $(RESULTS)/wsss4luad_prototypes.json \
+		$(if $(filter-out cpu,$(CHAIN_ACCELERATOR)),--accelerator $(CHAIN_ACCELERATOR)) $(CHAIN_ARGS)
 
 WSI_DEVICE ?= cpu
 # A trained segmentation head (e.g. the one of bench-monuseg-supervised); empty: random init.
