@@ -122,7 +122,7 @@ bench-wsss4luad-camsam: ## CAM + SAM chain on WSSS4LUAD: classifier -> CAM and C
 		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)
 
 BENCH_PROTO := runs/bench_wsss4luad_prototypes
-bench-wsss4luad-prototypes: ## Tissue prototype chain on WSSS4LUAD (SSL -> clusters -> simulated pathologist -> pseudo masks -> head), 5-fold supervised reference and colour baseline, scored on the validation masks (CHAIN_ARGS=--resume to finish a cut run)
+bench-wsss4luad-prototypes: ## Tissue prototype chain on WSSS4LUAD (SSL -> clusters -> simulated pathologist -> pseudo masks -> head) by protoseg chain, 3-fold supervised reference and colour baseline, scored on the validation masks (CHAIN_ARGS=--resume to finish a cut run)
 	$(BIN)/python benchmarks/wsss4luad_prototypes.py --data-root $(DATA)/wsss4luad \
 		--run-dir $(BENCH_PROTO) --output $(RESULTS)/wsss4luad_prototypes.json \
 		$(if $(filter-out cpu,$(CHAIN_ACCELERATOR)),--accelerator $(CHAIN_ACCELERATOR)) $(CHAIN_ARGS)

@@ -68,3 +68,24 @@ def chromium(download_dir: Path, width: int = 1280, height: int = 900) -> Any:
 
     driver.quit = quit_and_clean
     return driver
+
+
+def screenshot(page: Path, output: Path, width: int = 1280, height: int = 900) -> Path:
+    """A PNG of the top of an HTML page in headless Chromium (e.g. the naming gallery for the
+    README: ``python -m benchmarks.browser GALLERY.html OUT.png``)."""
+    driver = chromium(output.parent, width, height)
+    try:
+        driver.get(Path(page).resolve().as_uri())
+        driver.save_screenshot(str(output))
+    finally:
+        driver.quit()
+    return output
+
+
+if __name__ == "__main__":
+    import sys
+
+    reason = missing_browser()
+    if reason is not None:
+        raise SystemExit(f"benchmarks.browser: {reason}")
+    print(screenshot(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -1,21 +1,20 @@
 """``make bench-wsss4luad-prototypes``: the tissue prototype chain on WSSS4LUAD, and its
 references, scored on the validation masks.
 
-Chain (each step one ``protoseg`` command, timed, its peak memory read from the kernel):
-SimCLR on the 41 training patches -> patch embeddings + k-means (K from the config) -> names
-from the simulated pathologist -> prototype dictionary -> pseudo masks of the training patches
-(and, to score them, of the validation images) -> semantic head trained on the pseudo masks ->
-the head's maps of the validation images. References: the same head trained on the
-validation masks (k-fold cross-validation, every image predicted by the fold that did not
-train on it) and a network-free colour baseline (the same prototype stage on optical density
-instead of SSL features, no head).
+1. ``protoseg chain configs/chains/wsss4luad_prototypes.yaml`` (one child process; the chain
+   records each step's wall time and peak memory): SimCLR on the 41 training patches ->
+   patch embeddings + k-means -> names from the simulated pathologist (the masks of the six
+   *tuning* images, :func:`tuning_split`) -> prototype dictionary -> pseudo masks of the
+   training patches -> semantic head -> the head's maps of the validation images.
+2. The dictionary's maps of the validation images (to score the pseudo masks on all 31).
+3. Supervised reference: the same head trained on the validation masks, k-fold
+   cross-validation, every image predicted by the fold that did not train on it.
+4. Network-free colour baseline: the same prototype stage on optical density instead of SSL
+   features (its own k-means and simulated names), no head.
 
-The simulated pathologist (``protoseg name-clusters``) sees the masks of six validation images,
-the *tuning* images (:func:`tuning_split`, drawn by a fixed seed before any figure was seen);
-every choice of the chain's settings was made on them too. ``held_out`` figures score the 25
-others, which nothing saw; ``all`` figures score the 31 (tuning images included, for
-comparison with full-set numbers). The chain is resumable (``--resume``): finished steps are
-kept (:class:`~benchmarks.chain.ChainLedger`).
+``held_out`` figures score the 25 validation images that neither the naming nor any choice of
+settings saw; ``all`` figures score the 31 (tuning images included). Finished steps are kept
+in ledgers and ``--resume`` finishes a run cut short.
 
     python benchmarks/wsss4luad_prototypes.py --data-root ../shared/data/wsss4luad \
         --run-dir runs/bench_wsss4luad_prototypes \
@@ -39,15 +38,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.chain import ChainLedger  # noqa: E402
-from benchmarks.common import write_result  # noqa: E402
+from protoseg.chain import ChainLedger  # noqa: E402
 from protoseg.datamodules.wsss import fold_stems  # noqa: E402
 from protoseg.io.class_maps import TissueClasses  # noqa: E402
 from protoseg.io.images import read_code_png  # noqa: E402
 from protoseg.io.prototype_files import IGNORE  # noqa: E402
+from protoseg.provenance import write_result  # noqa: E402
+from protoseg.summary import summary_row  # noqa: E402
 from protoseg.tissue_scoring import score_class_maps  # noqa: E402
 
-SSL_CONFIG = "configs/ssl/simclr_wsss4luad.yaml"
+CHAIN = "configs/chains/wsss4luad_prototypes.yaml"
 PROTOTYPE_CONFIG = "configs/prototypes/wsss4luad.yaml"
 HEAD_CONFIG = "configs/wsss4luad/segment.yaml"
 CLASSES = TissueClasses(("tumor", "stroma", "normal"), background_code=3)
@@ -125,45 +125,65 @@ def scores(predictions: Path, val_root: Path, tuning: list[str]) -> dict[str, An
 
 
 def prototype_steps(
-    ledger: ChainLedger,
-    run: Path,
-    data: Path,
-    tuning: list[str],
-    embedder: list[str],
-    prefix: str,
-    extra: list[str],
-) -> tuple[Path, dict[str, Any]]:
-    """Clusters, names (simulated pathologist), dictionary; returns the dictionary and the
-    names' record."""
-    folder = run / f"{prefix}prototypes"
-    logs = run / "logs"
-    base = ["predict", f"--config={PROTOTYPE_CONFIG}", *embedder, f"--data.root={data}", *extra]
-    base.append("--trainer.enable_progress_bar=false")
-    ledger.run(
-        f"{prefix}cluster",
-        lambda: run_protoseg(f"{prefix}cluster", [*base, f"--output_dir={folder}"], logs),
-        [folder],
-    )
-    names = folder / "names.json"
-    clusters = folder / "clusters.npz"
+    ledger: ChainLedger, run: Path, data: Path, tuning: list[str], embedder: list[str]
+) -> tuple[list[str], Path, dict[str, Any]]:
+    """The colour baseline's clusters, names (simulated pathologist) and dictionary; returns
+    its predict arguments, the dictionary and the names' record."""
+    folder, logs = run / "colour_prototypes", run / "logs"
+    base = ["predict", f"--config={PROTOTYPE_CONFIG}", *embedder, f"--data.root={data}"]
+    base += ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    argv = [*base, f"--output_dir={folder}"]
+    ledger.run("colour clusters", lambda: run_protoseg("colour_clusters", argv, logs), [folder])
+    names, clusters = folder / "names.json", folder / "clusters.npz"
     argv = ["name-clusters", f"--clusters={clusters}", f"--root={data / 'validation'}"]
     argv += ["--images", *tuning, f"--output={names}"]
-    ledger.run(f"{prefix}naming", lambda: run_protoseg(f"{prefix}naming", argv, logs))
+    ledger.run("colour naming", lambda: run_protoseg("colour_naming", argv, logs))
     dictionary = folder / "dictionary.npz"
     argv = ["dictionary", f"--clusters={clusters}", f"--names={names}", f"--output={dictionary}"]
-    ledger.run(f"{prefix}dictionary", lambda: run_protoseg(f"{prefix}dictionary", argv, logs))
+    ledger.run("colour dictionary", lambda: run_protoseg("colour_dictionary", argv, logs))
+    return base, dictionary, naming_record(names)
+
+
+def naming_record(names: Path) -> dict[str, Any]:
+    """K, how many clusters were named, and with what."""
     given = json.loads(names.read_text())["names"]
     named = {k: v for k, v in given.items() if v != IGNORE}
     counts = {n: sum(v == n for v in named.values()) for n in CLASSES.output_names}
-    return dictionary, {"clusters": len(given), "named": len(named), "named_as": counts}
+    return {"clusters": len(given), "named": len(named), "named_as": counts}
 
 
 def query(
     ledger: ChainLedger, name: str, base: list[str], dictionary: Path, images: Path, out: Path
 ) -> None:
+    """The dictionary's class maps of ``images`` into ``out``."""
     argv = [*base, f"--model.init_args.dictionary={dictionary}", f"--data.predict_dir={images}"]
     argv.append(f"--output_dir={out}")
-    ledger.run(name, lambda: run_protoseg(name, argv, out.parent / "logs"), [out])
+    key = name.replace(" ", "_")
+    ledger.run(name, lambda: run_protoseg(key, argv, out.parent / "logs"), [out])
+
+
+def run_chain(
+    run: Path,
+    data: Path,
+    head_steps: int | None,
+    accelerator: str | None,
+    resume: bool,
+    extra: list[str],
+) -> dict[str, Any]:
+    """``protoseg chain`` of the prototype chain into ``run/chain`` (a child process); its
+    result JSON, with its wall time and peak memory."""
+    argv = ["chain", CHAIN, "--run_dir", str(run / "chain"), f"--data.root={data}"]
+    argv += ["--trainer.enable_progress_bar=false"]
+    argv += [f"--step-arg=ssl fit=--data.root={data / 'training'}"]
+    argv += [f"--step-arg=naming=--root={data / 'validation'}"]
+    if head_steps is not None:
+        argv.append(f"--step-arg=head fit=--trainer.max_steps={head_steps}")
+    if accelerator is not None:
+        argv.append(f"--trainer.accelerator={accelerator}")
+    if resume:
+        argv.append("--resume")
+    record = run_protoseg("chain", [*argv, *extra], run / "logs")
+    return {**record, "result": json.loads((run / "chain" / "result.json").read_text())}
 
 
 def main() -> None:
@@ -171,136 +191,192 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data/wsss4luad")
     parser.add_argument("--run-dir", default="runs/bench_wsss4luad_prototypes")
     parser.add_argument("--output", default="benchmarks/results/wsss4luad_prototypes.json")
-    parser.add_argument("--folds", type=int, default=5, help="folds of the supervised reference")
+    parser.add_argument("--folds", type=int, default=3, help="folds of the supervised reference")
+    parser.add_argument(
+        "--head-steps", type=int, default=None, help="the heads' steps (default: the config's)"
+    )
+    parser.add_argument(
+        "--reference-steps",
+        type=int,
+        default=None,
+        help="the supervised reference heads' steps (default: --head-steps)",
+    )
     parser.add_argument("--accelerator", default=None, help="trainer.accelerator of the fits")
     parser.add_argument("--resume", action="store_true", help="keep the finished steps")
+    parser.add_argument(
+        "--chain-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for protoseg chain, e.g. --chain-arg=--trainer.max_steps=2",
+    )
     parser.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="ARG",
-        help="an argument added to the SSL and head fits, e.g. --override=--trainer.max_steps=2",
+        help="an argument for the supervised reference's fits",
     )
     parser.add_argument(
-        "--prototype-override",
+        "--colour-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="an argument added to the prototype stage's commands",
+        help="an argument for the colour baseline's prototype stage",
     )
     args = parser.parse_args()
     data = Path(args.data_root).resolve()
     run = Path(args.run_dir).resolve()
+    refs = run / "references"
+    reference_steps = args.reference_steps or args.head_steps
     settings = {
         "data_root": str(data),
         "folds": args.folds,
+        "reference_steps": reference_steps,
         "accelerator": args.accelerator,
         "overrides": args.override,
-        "prototype_overrides": args.prototype_override,
+        "colour_args": args.colour_arg,
     }
-    ledger = ChainLedger(run, settings, args.resume)
-    logs = run / "logs"
     val_root = data / "validation"
     tuning = tuning_split(val_root / "mask")
     print(f"benchmark: tuning images (the simulated pathologist's masks): {' '.join(tuning)}")
 
-    # 1. SSL encoder on the training patches.
-    ssl_dir = run / "ssl"
-    argv = [*fit_args(SSL_CONFIG, ssl_dir, args.accelerator), f"--data.root={data / 'training'}"]
-    ledger.run("ssl", lambda: run_protoseg("ssl", [*argv, *args.override], logs), [ssl_dir])
-    encoder = ssl_dir / "encoder.ckpt"
+    # 1. The chain: SSL -> prototypes -> naming -> pseudo masks -> head -> predictions; its
+    # own ledger in run/chain (with --resume it keeps its finished steps).
+    chain = run_chain(run, data, args.head_steps, args.accelerator, args.resume, args.chain_arg)
+    # The references' steps: their own ledger, so that starting them afresh keeps the chain.
+    ledger = ChainLedger(refs, settings, args.resume)
+    logs = refs / "logs"
+    chain_dir = run / "chain"
+    encoder = chain_dir / "ssl" / "encoder.ckpt"
+    dictionary = chain_dir / "naming" / "dictionary.npz"
 
-    # 2. Prototypes: clusters, names, dictionary; pseudo masks of training and validation.
+    # 2. The dictionary's maps of all 31 validation images.
     embedder = [f"--model.init_args.embedder.init_args.weights={encoder}"]
-    dictionary, naming = prototype_steps(
-        ledger, run, data, tuning, embedder, "", args.prototype_override
-    )
     base = ["predict", f"--config={PROTOTYPE_CONFIG}", *embedder, f"--data.root={data}"]
-    base += [*args.prototype_override, "--trainer.enable_progress_bar=false"]
-    pseudo = run / "pseudo_masks"
-    query(ledger, "pseudo_masks", base, dictionary, data / "training", pseudo)
-    query(ledger, "pseudo_masks_val", base, dictionary, val_root, run / "pseudo_masks_val")
+    base += ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    pseudo_val = refs / "pseudo_masks_val"
+    query(ledger, "pseudo masks val", base, dictionary, val_root, pseudo_val)
 
-    # 3. The semantic head on the pseudo masks, then its maps of the validation images.
-    head_dir = run / "head"
-    argv = [*fit_args(HEAD_CONFIG, head_dir, args.accelerator), f"--data.root={data}"]
-    argv += [f"--data.pseudo_mask_dir={pseudo}", *args.override]
-    argv.append(f"--model.init_args.net.init_args.encoder_weights={encoder}")
-    ledger.run("head", lambda: run_protoseg("head", argv, logs), [head_dir])
-    checkpoint = head_dir / "checkpoints" / "last.ckpt"
-    head_val = run / "head_val"
-    predict = ["predict", f"--config={HEAD_CONFIG}", f"--ckpt_path={checkpoint}"]
-    predict += [f"--data.root={val_root}", f"--output_dir={head_val}"]
-    predict.append("--trainer.enable_progress_bar=false")
-    ledger.run("head_predict", lambda: run_protoseg("head_predict", predict, logs), [head_val])
-
-    # 4. Supervised reference: the same head on the validation masks, k-fold.
-    supervised_val = run / "supervised_val"
+    # 3. Supervised reference: the same head on the validation masks, k-fold.
+    supervised_val = refs / "supervised_val"
+    steps = [] if reference_steps is None else [f"--trainer.max_steps={reference_steps}"]
     for fold in range(args.folds):
-        fold_dir = run / "supervised" / f"fold{fold}"
+        fold_dir = refs / "supervised" / f"fold{fold}"
         argv = [*fit_args(HEAD_CONFIG, fold_dir, args.accelerator), f"--data.root={data}"]
         argv += ["--data.pseudo_mask_dir=null", "--data.train_split=val"]
-        argv += [f"--data.val_folds={args.folds}", f"--data.val_fold={fold}", *args.override]
+        argv += [f"--data.val_folds={args.folds}", f"--data.val_fold={fold}", *steps]
+        argv += args.override
         argv.append(f"--model.init_args.net.init_args.encoder_weights={encoder}")
         ledger.run(
-            f"supervised_fold{fold}",
+            f"supervised fold{fold}",
             lambda a=argv, f=fold: run_protoseg(f"supervised_fold{f}", a, logs),
             [fold_dir],
         )
         ledger.run(
-            f"supervised_predict{fold}",
+            f"supervised predict{fold}",
             lambda f=fold, d=fold_dir: predict_fold(f, args.folds, d, data, supervised_val, logs),
         )
 
-    # 5. Network-free colour baseline: the prototype stage on optical density, no head.
+    # 4. Network-free colour baseline: the prototype stage on optical density, no head.
     colour = [f"--model.init_args.embedder={COLOUR_EMBEDDER}"]
-    colour_dictionary, colour_naming = prototype_steps(
-        ledger, run, data, tuning, colour, "colour_", args.prototype_override
+    colour_base, colour_dictionary, colour_naming = prototype_steps(
+        ledger, refs, data, tuning, [*colour, *args.colour_arg]
     )
-    colour_base = ["predict", f"--config={PROTOTYPE_CONFIG}", *colour, f"--data.root={data}"]
-    colour_base += [*args.prototype_override, "--trainer.enable_progress_bar=false"]
-    colour_val = run / "colour_val"
-    query(ledger, "colour_val", colour_base, colour_dictionary, val_root, colour_val)
+    colour_val = refs / "colour_val"
+    query(ledger, "colour val", colour_base, colour_dictionary, val_root, colour_val)
 
+    chain_result = chain["result"]
+    chain_steps = chain_result["steps"]
     stages = {
-        name: {k: record[k] for k in ("seconds", "peak_rss_mib")}
-        for name, record in ledger.steps.items()
+        name: {k: record.get(k) for k in ("command", "seconds", "peak_rss_mib")}
+        for name, record in {**chain_steps, **ledger.steps}.items()
     }
+    checkpoint = chain_dir / "segment" / "checkpoints" / "last.ckpt"
+    pseudo_scores = scores(pseudo_val, val_root, tuning)
+    head_scores = scores(chain_dir / "predictions", val_root, tuning)
+    supervised_scores = scores(supervised_val, val_root, tuning)
+    colour_scores = scores(colour_val, val_root, tuning)
+    head_seconds = chain_result["chain_wall_seconds"]
     figures = {
-        "dataset": "WSSS4LUAD (../shared/data/wsss4luad): 41 training patches, 31 validation "
-        "images with masks",
+        "dataset": "WSSS4LUAD (../shared/data/wsss4luad): 41 training patches with image-level "
+        "labels, 31 validation images with masks",
+        "chain": CHAIN,
         "tuning_images": tuning,
         "held_out_images": 31 - len(tuning),
-        "simulated_pathologist": "protoseg name-clusters: the masks of the tuning images; a "
-        "cluster is named with the class of >= 80% of its 10 tuning-image patches nearest the "
-        "centroid (a patch's class: background if it covers > 50%, else its main tissue)",
-        "clusters": naming,
-        "pseudo_masks": scores(run / "pseudo_masks_val", val_root, tuning),
-        "head": scores(head_val, val_root, tuning),
-        "supervised_cv": {"folds": args.folds, **scores(supervised_val, val_root, tuning)},
-        "colour_baseline": {"clusters": colour_naming, **scores(colour_val, val_root, tuning)},
+        "simulated_pathologist": "protoseg name-clusters: every 8 px patch of the 6 tuning "
+        "images goes to its nearest centroid; a cluster is named with the class of >= 80% of "
+        "its 10 patches nearest the centroid (a patch's class: background if it covers > 50% "
+        "of the 96 px patch, else its main tissue), else ignore",
+        "clusters": naming_record(chain_dir / "naming" / "names.json"),
+        "pseudo_masks": pseudo_scores,
+        "head": head_scores,
+        "head_steps": chain_steps["head fit"].get("steps"),
+        "supervised_cv": {"folds": args.folds, "steps": reference_steps, **supervised_scores},
+        "colour_baseline": {"clusters": colour_naming, **colour_scores},
         "stages": stages,
-        "chain_seconds": round(
-            sum(
-                s["seconds"]
-                for n, s in stages.items()
-                if not n.startswith(("supervised", "colour"))
-            ),
-            1,
-        ),
+        "chain_wall_seconds": head_seconds,
         "checkpoint": str(checkpoint),
         "predict_config": str((ROOT / HEAD_CONFIG).resolve()),
         "predict_command": f"protoseg predict --config {(ROOT / HEAD_CONFIG).resolve()} "
         f"--ckpt_path {checkpoint} --data.root DIR --output_dir OUT  (DIR/img/*.png)",
         "kept_steps": ledger.kept,
+        "summary": summary_rows(
+            pseudo_scores, head_scores, supervised_scores, colour_scores, chain_steps
+        ),
     }
     path = write_result(args.output, figures)
-    head, pseudo_scores = figures["head"]["held_out"], figures["pseudo_masks"]["held_out"]
     print(
-        f"benchmark: held-out mIoU: pseudo masks {pseudo_scores['miou']}, head {head['miou']}, "
-        f"supervised {figures['supervised_cv']['held_out']['miou']}, colour "
-        f"{figures['colour_baseline']['held_out']['miou']} -> {path}"
+        f"benchmark: held-out mIoU: pseudo masks {pseudo_scores['held_out']['miou']}, head "
+        f"{head_scores['held_out']['miou']}, supervised "
+        f"{supervised_scores['held_out']['miou']}, colour "
+        f"{colour_scores['held_out']['miou']} -> {path}"
     )
+
+
+SUMMARY_METRICS = ("miou", "fwiou", "iou_tumor", "iou_stroma", "iou_normal")
+
+
+def summary_rows(
+    pseudo: dict[str, Any],
+    head: dict[str, Any],
+    supervised: dict[str, Any],
+    colour: dict[str, Any],
+    chain_steps: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The README table's rows: held-out figures (the 25 images nothing chose on)."""
+
+    def upto(name: str) -> float:
+        names = list(chain_steps)
+        done = names[: names.index(name) + 1]
+        return round(
+            sum(chain_steps[n]["seconds"] for n in done if chain_steps[n]["command"] != "validate"),
+            1,
+        )
+
+    def row(name: str, labels: str, figures: dict[str, Any], seconds: float | None) -> dict:
+        held = figures["held_out"]
+        metrics = {k: held[k] for k in SUMMARY_METRICS}
+        return summary_row(
+            name, labels, "held-out", metrics, held["images"], "wsss4luad/validation", seconds
+        )
+
+    return [
+        row(
+            "Prototype pseudo masks (SimCLR + k-means, 6 masks name clusters)",
+            "image-level",
+            pseudo,
+            upto("pseudo masks"),
+        ),
+        row(
+            "Prototype chain (pseudo masks -> semantic head)",
+            "image-level",
+            head,
+            upto("predictions"),
+        ),
+        row("Supervised head on validation masks (cross-validated)", "full", supervised, None),
+        row("Colour prototypes (optical density, no network)", "image-level", colour, None),
+    ]
 
 
 def predict_fold(

@@ -48,6 +48,7 @@ command, commit, machine and date go to one JSON (``--output``, default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shlex
@@ -196,7 +197,8 @@ def load_chain(path: str | Path, run_dir: str | Path | None = None) -> Chain:
         for arg in raw.get("args", []):
             text, used = expand(arg, where, names)
             args.append(text)
-            reads += [u for u in used if u != "run_dir" and u not in reads]
+            # A tool step names its own artifact to write into it: not a read.
+            reads += [u for u in used if u not in ("run_dir", writes) and u not in reads]
         steps.append(Step(name, command, args, writes, reads))
     results = spec.get("results") or []
     step_names = [s.name for s in steps]
@@ -359,8 +361,29 @@ def _lightning_step(command: str, argv: list[str]) -> Record:
     return record
 
 
+def _reset_peak_memory() -> None:
+    """Resets this process's peak resident memory (Linux: ``clear_refs`` 5), so that the next
+    :func:`_peak_memory_mib` is the peak of one step; elsewhere a no-op."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_memory_mib() -> int | None:
+    """This process's peak resident memory since the last reset, MiB (Linux ``VmHWM``)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return None
+
+
 def _run(step: Step, argv: list[str]) -> Record:
-    """Runs one step; its command, wall seconds and what it measured."""
+    """Runs one step; its command, wall seconds, this process's peak resident memory during
+    it (``peak_rss_mib``; DataLoader workers not counted) and what it measured."""
+    _reset_peak_memory()
     start = time.perf_counter()
     if COMMANDS[step.command].lightning:
         record = _lightning_step(step.command, argv)
@@ -369,7 +392,9 @@ def _run(step: Step, argv: list[str]) -> Record:
         if status:
             raise SystemExit(status)
         record = {}
-    return {"command": step.command, "seconds": round(time.perf_counter() - start, 1), **record}
+    seconds = round(time.perf_counter() - start, 1)
+    peak = _peak_memory_mib()
+    return {"command": step.command, "seconds": seconds, "peak_rss_mib": peak, **record}
 
 
 def describe(record: Record) -> str:

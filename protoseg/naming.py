@@ -104,11 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--clusters", required=True, help="clusters.npz of the prototype stage")
     parser.add_argument("--root", required=True, help="a split with img/ and mask/")
-    parser.add_argument("--images", nargs="+", required=True, help="stems of the images used")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        help="stems of the images used (separate arguments, or one with commas or spaces)",
+    )
     parser.add_argument("--output", required=True, help="names file to write (JSON)")
     parser.add_argument("--exemplars", type=int, default=10, help="patches judged per cluster")
     parser.add_argument("--purity", type=float, default=0.8, help="least share of one class")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args.images = [stem for value in args.images for stem in value.replace(",", " ").split()]
     try:
         clusters = load_clusters(args.clusters)
         embeddings, classes = annotated_patches(clusters, Path(args.root), args.images)

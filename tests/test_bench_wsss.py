@@ -63,13 +63,22 @@ def test_real_tuning_split(shared_data: Path) -> None:
 @pytest.mark.slow
 def test_benchmark_runs_on_a_tiny_root(tmp_path: Path) -> None:
     data = wsss4luad_like(tmp_path / "data")
+    tuning = tuning_split(data / "validation" / "mask")
     output = tmp_path / "result.json"
     tiny = [
         "--trainer.max_steps=2",
         "--data.crop_size=64",
-        "--data.batch_size=4",
+        "--data.crops_per_epoch=4",
+        "--data.batch_size=2",
         "--data.num_workers=0",
-        "--trainer.precision=32-true",
+    ]
+    exclude = "--data.val_exclude=[" + ", ".join(f'"{s}"' for s in tuning) + "]"
+    chain = [
+        *tiny,
+        "--step-arg=clusters=--model.init_args.clusters=6",
+        f"--step-arg=naming=--images={' '.join(tuning)}",
+        *(f"--step-arg={step}={exclude}" for step in ("pseudo masks validation", "head fit")),
+        f"--step-arg=head validation={exclude}",
     ]
     command = [
         sys.executable,
@@ -78,15 +87,20 @@ def test_benchmark_runs_on_a_tiny_root(tmp_path: Path) -> None:
         f"--run-dir={tmp_path / 'run'}",
         f"--output={output}",
         "--folds=2",
+        "--head-steps=2",
+        *(f"--chain-arg={arg}" for arg in chain),
         *(f"--override={arg}" for arg in tiny),
-        "--prototype-override=--model.init_args.clusters=6",
+        "--colour-arg=--model.init_args.clusters=6",
     ]
     subprocess.run(command, check=True, cwd=ROOT)
     result = json.loads(output.read_text())
-    assert result["tuning_images"] == tuning_split(data / "validation" / "mask")
+    assert result["tuning_images"] == tuning
     for row in ("pseudo_masks", "head", "supervised_cv", "colour_baseline"):
         assert result[row]["held_out"]["images"] == 2 and result[row]["all"]["images"] == 8
         assert 0 <= result[row]["all"]["pixel_accuracy"] <= 1
     assert Path(result["checkpoint"]).is_absolute() and Path(result["checkpoint"]).is_file()
-    assert {"ssl", "cluster", "naming", "head", "supervised_fold1"} <= set(result["stages"])
+    assert {"ssl fit", "clusters", "naming", "head fit", "supervised fold1"} <= set(
+        result["stages"]
+    )
     assert all(s["peak_rss_mib"] > 50 for s in result["stages"].values())
+    assert [row["scored"] for row in result["summary"]] == ["held-out"] * 4

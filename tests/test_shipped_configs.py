@@ -59,8 +59,8 @@ def test_trainer_presets_only_set_trainer_keys(preset: Path) -> None:
     assert set(yaml.safe_load(preset.read_text())) == {"trainer"}
 
 
-def predict_only(config: Path) -> bool:
-    """Whether a stage config only predicts (the prototype stage trains nothing)."""
+def prototype_stage(config: Path) -> bool:
+    """Whether a stage config is the prototype stage (two predict passes, nothing trains)."""
     model = yaml.safe_load(config.read_text())["model"]["class_path"]
     return model.endswith("PrototypeModule")
 
@@ -91,7 +91,7 @@ def test_config_runs_end_to_end(
         pytest.skip(f"{config.name} never fits (see tests/lightning_modules/test_cam_sam_chain.py)")
     if not data_root.is_dir():
         pytest.skip(f"{config.name}: data root {data_root} is absent")
-    if predict_only(config):
+    if prototype_stage(config):
         run_prototype_stage(config, tmp_path)
         return
     data_class = yaml.safe_load(config.read_text())["data"]["class_path"]
@@ -177,6 +177,9 @@ def run_prototype_stage(config: Path, tmp_path: Path) -> None:
         "--model.init_args.exemplars=2",
         "--trainer.limit_predict_batches=2",
         "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'run' / 'checkpoints'}",
     ]
     gallery = tmp_path / "gallery"
     main(["predict", *tiny, f"--output_dir={gallery}"])

@@ -325,6 +325,9 @@ class WSSSDataModule(L.LightningDataModule):
             many seeded folds; fold ``val_fold`` is validated and tested, the others train.
         val_fold: the held-out fold, ``0 .. val_folds - 1``.
         fold_seed: seed of the fold permutation.
+        val_exclude: stems of validation images left out of validation and test (e.g. the
+            images whose masks a simulated pathologist saw), so that what is scored is held
+            out.
         train_view: ``crop`` (random ``crop_size`` crops, for dense heads) or ``resize``
             (the whole image resized to ``crop_size``, for image-level classifiers).
         crop_size: side of the training views, px.
@@ -352,6 +355,7 @@ class WSSSDataModule(L.LightningDataModule):
         val_folds: int = 1,
         val_fold: int = 0,
         fold_seed: int = 0,
+        val_exclude: list[str] | None = None,
         train_view: Literal["crop", "resize"] = "crop",
         crop_size: int = 224,
         crops_per_epoch: int = 512,
@@ -404,6 +408,11 @@ class WSSSDataModule(L.LightningDataModule):
         if any(r.mask_path is None for r in records):
             raise DataError(f"{folder}: validation images need masks ({folder / MASK_DIR})")
         hp = self.hparams
+        excluded = set(hp.val_exclude or ())
+        unknown = excluded - {r.stem for r in records}
+        if unknown:
+            raise DataError(f"{folder}: val_exclude names no image: {', '.join(sorted(unknown))}")
+        records = [r for r in records if r.stem not in excluded]
         if hp.val_folds > 1:
             held = set(
                 fold_stems([r.stem for r in records], hp.val_folds, hp.val_fold, hp.fold_seed)

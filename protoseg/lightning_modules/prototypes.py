@@ -11,6 +11,10 @@ Two passes of ``protoseg predict`` over one config, with a person (or a simulate
    class of its most similar named prototype, or stays unsure (255) below ``threshold``:
    class-map pseudo masks (:class:`~protoseg.callbacks.class_map_writer.ClassMapWriter`, or
    per slide :class:`~protoseg.callbacks.class_map_writer.SlideClassMapWriter`).
+
+With a dictionary, ``protoseg validate`` / ``test`` score the query's maps of the validation /
+test images against their masks (``val/miou``, ...; unsure pixels count as misses). Those
+images' labels are not used: the masks only score.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from torch import nn
 from protoseg.io.class_maps import TissueClasses
 from protoseg.io.errors import DataError
 from protoseg.io.prototype_files import load_dictionary
+from protoseg.lightning_modules.evaluation import log_gathered
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
+from protoseg.metrics.tissue import TissueMetrics
 from protoseg.modules.prototypes import build_embedder, grid_positions, query_classes
 
 Batch = dict[str, Any]
@@ -86,6 +92,8 @@ class PrototypeModule(L.LightningModule):
             self.classes = loaded.classes
             self.register_buffer("prototypes", torch.from_numpy(loaded.prototypes))
             self.register_buffer("classes_of", torch.from_numpy(loaded.classes_of))
+            self.val_metrics = TissueMetrics(self.classes.names, prefix="val/")
+            self.test_metrics = TissueMetrics(self.classes.names, prefix="test/")
         elif embedder is None:
             raise ValueError("PrototypeModule needs an embedder (or a dictionary that names one)")
         self.embedder = embedder
@@ -122,6 +130,26 @@ class PrototypeModule(L.LightningModule):
             self.classes.ignore_index,
             allowed,
         )
+
+    def _score(self, batch: Batch, metrics: TissueMetrics) -> None:
+        if self.classes is None:
+            raise DataError("scoring the prototype stage needs model.init_args.dictionary")
+        # No labels: the masks' classes must not steer what they score.
+        metrics.update(self.predict_classes(batch["image"]).long(), batch["mask"])
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._score(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        log_gathered(self, self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._score(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        log_gathered(self, self.test_metrics.compute())
+        self.test_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         """With a dictionary, per image ``stem``, ``path`` and ``classes``; without, per image

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
 
-from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.io.prototype_files import EmbedderSettings
 from protoseg.modules.backbones import load_backbone_weights
 

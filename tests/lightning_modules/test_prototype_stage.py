@@ -3,6 +3,7 @@ dictionary, dense query into pseudo masks; on image folders and on a whole slide
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import TISSUE_COLOURS, tissue_codes, tissue_picture, write_pyramid
 from PIL import Image
 
-from protoseg.cli import main
+from protoseg.cli import build_cli, main
 from protoseg.commands import run_command
 from protoseg.io.prototype_files import load_clusters, load_dictionary
 from protoseg.modules.backbones import TimmBackbone, save_encoder_checkpoint
@@ -142,6 +143,37 @@ def test_cluster_name_query_on_an_image_folder(
         == 0
     )
     assert '"miou"' in scores.read_text()
+    # protoseg validate scores the same maps, images named in val_exclude left out: its
+    # figures equal score-tissue's of the folder on the other images.
+    run_command(
+        "score-tissue",
+        [
+            "--predictions",
+            str(tmp_path / "val_pseudo"),
+            "--root",
+            str(root / "val"),
+            "--images",
+            "01",
+            "02",
+            "--output",
+            str(scores),
+        ],
+    )
+    expected = json.loads(scores.read_text())
+    cli = build_cli(
+        [
+            "validate",
+            *model_args(encoder),
+            *data,
+            f"--model.dictionary={dictionary}",
+            '--data.val_exclude=["00"]',
+        ]
+    )
+    measured = cli.trainer.callback_metrics
+    for key in ("miou", "fwiou", "iou_tumor", "iou_stroma"):
+        want = expected[key]
+        got = float(measured[f"val/{key}"])
+        assert (np.isnan(got) and want is None) or got == pytest.approx(want, abs=1e-4), key
 
 
 def test_a_whole_slide(tmp_path: Path, encoder: Path) -> None:

@@ -23,8 +23,8 @@ from protoseg.modules.prototypes import (
 
 
 def test_dense_embedder_shapes_units_and_window(tmp_path: Path) -> None:
-    """Unit vectors on a stride-8 grid covering the image; each the mean of the raw feature
-    map over the window's cells (an independent avg over a slice), then normalised."""
+    """Unit vectors on a stride-8 grid covering the image; each the mean of the unit feature
+    vectors over the window's cells (an independent avg over a slice), then normalised."""
     weights = save_encoder_checkpoint(TimmBackbone("resnet18"), tmp_path / "encoder.ckpt")
     embedder = DenseEmbedder("resnet18", str(weights), output_stride=8, window=24).eval()
     assert embedder.settings.init_args["weights"] == str(weights.resolve())
@@ -36,7 +36,8 @@ def test_dense_embedder_shapes_units_and_window(tmp_path: Path) -> None:
     assert out.shape == (1, 512, 7, 8)
     assert torch.allclose(out.norm(dim=1), torch.ones(1, 7, 8), atol=1e-5)
     # window 24 px = 3 cells: cell (3, 4) is the mean of cells 2..4 x 3..5.
-    expected = F.normalize(raw[0, :, 2:5, 3:6].mean(dim=(1, 2)), dim=0)
+    unit = F.normalize(raw[0], dim=0)
+    expected = F.normalize(unit[:, 2:5, 3:6].mean(dim=(1, 2)), dim=0)
     assert torch.allclose(out[0, :, 3, 4], expected, atol=1e-5)
 
 
