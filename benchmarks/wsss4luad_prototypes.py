@@ -295,7 +295,8 @@ def main() -> None:
     checkpoint = chain_dir / "segment" / "checkpoints" / "last.ckpt"
     pseudo_scores = scores(pseudo_val, val_root, tuning)
     head_scores = scores(chain_dir / "predictions", val_root, tuning)
-    supervised_scores = scores(supervised_val, val_root, tuning)
+    # --folds 0: no supervised reference (its figures are left out).
+    supervised_scores = scores(supervised_val, val_root, tuning) if args.folds else None
     colour_scores = scores(colour_val, val_root, tuning)
     head_seconds = chain_result["chain_wall_seconds"]
     figures = {
@@ -312,7 +313,8 @@ def main() -> None:
         "pseudo_masks": pseudo_scores,
         "head": head_scores,
         "head_steps": chain_steps["head fit"].get("steps"),
-        "supervised_cv": {"folds": args.folds, "steps": reference_steps, **supervised_scores},
+        "supervised_cv": supervised_scores
+        and {"folds": args.folds, "steps": reference_steps, **supervised_scores},
         "colour_baseline": {"clusters": colour_naming, **colour_scores},
         "stages": stages,
         "chain_wall_seconds": head_seconds,
@@ -329,7 +331,7 @@ def main() -> None:
     print(
         f"benchmark: held-out mIoU: pseudo masks {pseudo_scores['held_out']['miou']}, head "
         f"{head_scores['held_out']['miou']}, supervised "
-        f"{supervised_scores['held_out']['miou']}, colour "
+        f"{supervised_scores and supervised_scores['held_out']['miou']}, colour "
         f"{colour_scores['held_out']['miou']} -> {path}"
     )
 
@@ -340,7 +342,7 @@ SUMMARY_METRICS = ("miou", "fwiou", "iou_tumor", "iou_stroma", "iou_normal")
 def summary_rows(
     pseudo: dict[str, Any],
     head: dict[str, Any],
-    supervised: dict[str, Any],
+    supervised: dict[str, Any] | None,
     colour: dict[str, Any],
     chain_steps: dict[str, Any],
 ) -> list[dict[str, Any]]:
@@ -374,9 +376,12 @@ def summary_rows(
             head,
             upto("predictions"),
         ),
-        row("Supervised head on validation masks (cross-validated)", "full", supervised, None),
         row("Colour prototypes (optical density, no network)", "image-level", colour, None),
-    ]
+    ] + (
+        [row("Supervised head on validation masks (cross-validated)", "full", supervised, None)]
+        if supervised is not None
+        else []
+    )
 
 
 def predict_fold(

@@ -90,7 +90,7 @@ def simulated_names(
         members = np.flatnonzero(assignment == k)
         nearest = members[np.argsort(-(embeddings[members] @ centroid), kind="stable")][:exemplars]
         votes = np.bincount(classes[nearest], minlength=256)[: len(names)]
-        share = votes.max() / exemplars if len(nearest) else 0.0
+        share = votes.max() / len(nearest) if len(nearest) else 0.0
         named[k] = names[int(votes.argmax())] if share >= purity else IGNORE
     return named
 

@@ -225,3 +225,44 @@ def test_a_whole_slide(tmp_path: Path, encoder: Path) -> None:
     assert written.shape == (256, 256)
     assert set(np.unique(written)) <= {0, 1, 2, 255} and (written != 255).mean() > 0.3
     assert Image.open(out / "slide_overlay.png").size == (256, 256)
+
+
+@pytest.mark.slow
+def test_the_shared_svs(tmp_path: Path, encoder: Path, shared_data: Path) -> None:
+    """The real Aperio slide through OpenSlide: its tissue tiles' patches cluster into a
+    gallery of slide regions; the dictionary's query writes the slide's class map."""
+    svs = shared_data / "wsi" / "CMU-1-Small-Region.svs"
+    if not svs.is_file():
+        pytest.skip(f"{svs} is absent")
+    data = [
+        "--data=protoseg.datamodules.wsss_slides.TissueSlideDataModule",
+        f"--data.slides=[{svs}]",
+        *CLASSES,
+        "--data.mpp=2.0",
+        "--data.tile_size=256",
+        "--data.overlap=32",
+        "--data.num_workers=0",
+    ]
+    gallery = tmp_path / "gallery"
+    main(["predict", *model_args(encoder), *data, f"--output_dir={gallery}"])
+    clusters = load_clusters(gallery / "clusters.npz")
+    assert all(s["slide"] and s["path"] == str(svs) for g in clusters.exemplars for s in g)
+    names = tmp_path / "names.json"
+    names.write_text('{"names": {"0": "tumor", "1": "stroma", "2": "normal", "3": "background"}}')
+    dictionary = tmp_path / "dictionary.npz"
+    argv = ["--clusters", str(gallery / "clusters.npz"), "--names", str(names)]
+    assert run_command("dictionary", [*argv, "--output", str(dictionary)]) == 0
+    out = tmp_path / "slide_maps"
+    main(
+        [
+            "predict",
+            *model_args(encoder),
+            *data,
+            f"--model.dictionary={dictionary}",
+            f"--output_dir={out}",
+        ]
+    )
+    written = np.array(Image.open(out / "CMU-1-Small-Region.png"))
+    # The map covers the slide's level 0 (2220 x 2967 px), under the writer's 4096 px cap.
+    assert written.shape == (2967, 2220)
+    assert (written != 255).mean() > 0.3
