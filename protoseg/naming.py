@@ -90,7 +90,8 @@ def simulated_names(
         members = np.flatnonzero(assignment == k)
         nearest = members[np.argsort(-(embeddings[members] @ centroid), kind="stable")][:exemplars]
         votes = np.bincount(classes[nearest], minlength=256)[: len(names)]
-        share = votes.max() / len(nearest) if len(nearest) else 0.0
+        # Out of ``exemplars``: a cluster holding fewer annotated patches has less evidence.
+        share = votes.max() / exemplars if len(nearest) else 0.0
         named[k] = names[int(votes.argmax())] if share >= purity else IGNORE
     return named
 

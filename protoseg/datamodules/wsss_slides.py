@@ -31,6 +31,7 @@ class TissueSlideDataModule(WSIPredictDataModule):
         default_mpp: level-0 µm/px of slides that state none.
         mean: normalisation mean on [0, 1] RGB.
         std: normalisation std.
+        skip_unreadable: a slide or tile OpenSlide cannot read is left out (and listed).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class TissueSlideDataModule(WSIPredictDataModule):
         default_mpp: float | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__(
             slides,
@@ -63,5 +65,6 @@ class TissueSlideDataModule(WSIPredictDataModule):
             default_mpp,
             mean,
             std,
+            skip_unreadable,
         )
         self.classes = TissueClasses.from_config(class_names, class_codes, background_code, palette)

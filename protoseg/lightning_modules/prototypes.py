@@ -96,7 +96,8 @@ class PrototypeModule(L.LightningModule):
             self.test_metrics = TissueMetrics(self.classes.names, prefix="test/")
         elif embedder is None:
             raise ValueError("PrototypeModule needs an embedder (or a dictionary that names one)")
-        self.embedder = embedder
+        # Nothing of this stage trains: its weights are the SSL encoder's (the embedder's).
+        self.embedder = embedder.requires_grad_(False)
 
     @property
     def has_dictionary(self) -> bool:
