@@ -61,7 +61,8 @@ def test_no_command_and_an_unknown_one_exit_2(capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert err == (
         "protoseg: error: fitt: unknown command (did you mean fit? choose from "
-        "fit, validate, test, predict, chain, score, report, slurm)\n"
+        "fit, validate, test, predict, chain, score, report, dictionary, name-clusters, "
+        "score-tissue, slurm)\n"
     )
 
 
