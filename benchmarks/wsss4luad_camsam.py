@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accelerator", default="cpu", help="every stage's (e.g. gpu)")
     parser.add_argument("--classifier-steps", type=int, default=None, help="config's if None")
     parser.add_argument("--head-steps", type=int, default=None, help="config's if None")
+    parser.add_argument(
+        "--sam-tile", type=int, default=None, help="SAM tile side, px (config's if None)"
+    )
     parser.add_argument("--resume", action="store_true", help="keep RUN_DIR's finished stages")
     parser.add_argument(
         "--override", action="append", default=[], metavar="ARG", help="added to every stage"
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             classifier_ckpt,
             f"--model.init_args.sam={variants[variant]}",
             f"--trainer.default_root_dir={run_dir / variant}",
+            *([] if args.sam_tile is None else [f"--model.init_args.tile={args.sam_tile}"]),
         ]
 
     # The pseudo masks' figures first (the comparison the chain is about), then each variant's
