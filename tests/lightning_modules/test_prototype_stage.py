@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 from protoseg.cli import build_cli, main
 from protoseg.commands import run_command
-from protoseg.io.prototype_files import load_clusters, load_dictionary
+from protoseg.io.prototype_files import Clusters, load_clusters, load_dictionary
 from protoseg.modules.backbones import TimmBackbone, save_encoder_checkpoint
 
 CLASSES = ["--data.class_names=[tumor,stroma,normal]", "--data.background_code=3"]
@@ -33,6 +34,42 @@ def model_args(encoder: Path) -> list[str]:
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
     ]
+
+
+class StageRun(NamedTuple):
+    clusters: Clusters
+    gallery: Path
+    dictionary: Path
+    maps: Path
+
+
+def cluster_name_query(
+    tmp_path: Path, encoder: Path, data: list[str], names: dict[str, str] | Callable[[Path], Path]
+) -> StageRun:
+    """The stage's two passes with the naming between: clusters and gallery, names (a naming
+    file's ``names``, or a function that names ``clusters.npz`` into a file it returns),
+    ``protoseg dictionary``, and the dictionary's maps of the data's predict images."""
+    gallery = tmp_path / "gallery"
+    main(["predict", *model_args(encoder), *data, f"--output_dir={gallery}"])
+    if callable(names):
+        names_file = names(gallery / "clusters.npz")
+    else:
+        names_file = tmp_path / "names.json"
+        names_file.write_text(json.dumps({"names": names}))
+    dictionary = tmp_path / "dictionary.npz"
+    argv = ["--clusters", str(gallery / "clusters.npz"), "--names", str(names_file)]
+    assert run_command("dictionary", [*argv, "--output", str(dictionary)]) == 0
+    maps = tmp_path / "maps"
+    main(
+        [
+            "predict",
+            *model_args(encoder),
+            *data,
+            f"--model.dictionary={dictionary}",
+            f"--output_dir={maps}",
+        ]
+    )
+    return StageRun(load_clusters(gallery / "clusters.npz"), gallery, dictionary, maps)
 
 
 def truth_of(image_path: Path) -> np.ndarray:
@@ -57,55 +94,19 @@ def test_cluster_name_query_on_an_image_folder(
         *CLASSES,
         "--data.num_workers=0",
     ]
-    gallery = tmp_path / "gallery"
-    main(["predict", *model_args(encoder), *data, f"--output_dir={gallery}"])
-    clusters = load_clusters(gallery / "clusters.npz")
-    assert clusters.centroids.shape == (6, 512) and clusters.sizes.sum() == 4 * 8 * 8
-    assert all(len(group) == 3 for group in clusters.exemplars)
-    names = tmp_path / "names.json"
-    status = run_command(
-        "name-clusters",
-        [
-            "--clusters",
-            str(gallery / "clusters.npz"),
-            "--root",
-            str(root / "val"),
-            "--images",
-            "00",
-            "01",
-            "02",
-            "--output",
-            str(names),
-            "--exemplars",
-            "3",
-            "--purity",
-            "0.6",
-        ],
-    )
-    assert status == 0
-    dictionary = tmp_path / "dictionary.npz"
-    run_command(
-        "dictionary",
-        [
-            "--clusters",
-            str(gallery / "clusters.npz"),
-            "--names",
-            str(names),
-            "--output",
-            str(dictionary),
-        ],
-    )
+
+    def simulated_pathologist(clusters: Path) -> Path:
+        names = tmp_path / "names.json"
+        argv = ["--clusters", str(clusters), "--root", str(root / "val"), "--images"]
+        argv += ["00", "01", "02", "--output", str(names), "--exemplars", "3", "--purity", "0.6"]
+        assert run_command("name-clusters", argv) == 0
+        return names
+
+    stage = cluster_name_query(tmp_path, encoder, data, simulated_pathologist)
+    assert stage.clusters.centroids.shape == (6, 512) and stage.clusters.sizes.sum() == 4 * 8 * 8
+    assert all(len(group) == 3 for group in stage.clusters.exemplars)
+    dictionary, pseudo = stage.dictionary, stage.maps
     assert len(load_dictionary(dictionary).names) >= 2
-    pseudo = tmp_path / "pseudo"
-    main(
-        [
-            "predict",
-            *model_args(encoder),
-            *data,
-            f"--model.dictionary={dictionary}",
-            f"--output_dir={pseudo}",
-        ]
-    )
     hits = total = 0
     for image in sorted((root / "training").glob("*.png")):
         codes = np.array(Image.open(pseudo / image.name))
@@ -192,35 +193,11 @@ def test_a_whole_slide(tmp_path: Path, encoder: Path) -> None:
         "--data.num_workers=0",
         "--data.min_tissue=null",
     ]
-    gallery = tmp_path / "gallery"
-    main(["predict", *model_args(encoder), *data, f"--output_dir={gallery}"])
-    clusters = load_clusters(gallery / "clusters.npz")
-    assert all(s["slide"] for group in clusters.exemplars for s in group)
-    assert (gallery / "gallery.html").stat().st_size > 1000
-    names = tmp_path / "names.json"
-    names.write_text('{"names": {"0": "tumor", "1": "stroma", "2": "normal"}}')
-    dictionary = tmp_path / "dictionary.npz"
-    run_command(
-        "dictionary",
-        [
-            "--clusters",
-            str(gallery / "clusters.npz"),
-            "--names",
-            str(names),
-            "--output",
-            str(dictionary),
-        ],
-    )
-    out = tmp_path / "slide_maps"
-    main(
-        [
-            "predict",
-            *model_args(encoder),
-            *data,
-            f"--model.dictionary={dictionary}",
-            f"--output_dir={out}",
-        ]
-    )
+    names = {"0": "tumor", "1": "stroma", "2": "normal"}
+    stage = cluster_name_query(tmp_path, encoder, data, names)
+    assert all(s["slide"] for group in stage.clusters.exemplars for s in group)
+    assert (stage.gallery / "gallery.html").stat().st_size > 1000
+    out = stage.maps
     written = np.array(Image.open(out / "slide.png"))
     assert written.shape == (256, 256)
     assert set(np.unique(written)) <= {0, 1, 2, 255} and (written != 255).mean() > 0.3
@@ -243,25 +220,10 @@ def test_the_shared_svs(tmp_path: Path, encoder: Path, shared_data: Path) -> Non
         "--data.overlap=32",
         "--data.num_workers=0",
     ]
-    gallery = tmp_path / "gallery"
-    main(["predict", *model_args(encoder), *data, f"--output_dir={gallery}"])
-    clusters = load_clusters(gallery / "clusters.npz")
-    assert all(s["slide"] and s["path"] == str(svs) for g in clusters.exemplars for s in g)
-    names = tmp_path / "names.json"
-    names.write_text('{"names": {"0": "tumor", "1": "stroma", "2": "normal", "3": "background"}}')
-    dictionary = tmp_path / "dictionary.npz"
-    argv = ["--clusters", str(gallery / "clusters.npz"), "--names", str(names)]
-    assert run_command("dictionary", [*argv, "--output", str(dictionary)]) == 0
-    out = tmp_path / "slide_maps"
-    main(
-        [
-            "predict",
-            *model_args(encoder),
-            *data,
-            f"--model.dictionary={dictionary}",
-            f"--output_dir={out}",
-        ]
-    )
+    names = {"0": "tumor", "1": "stroma", "2": "normal", "3": "background"}
+    stage = cluster_name_query(tmp_path, encoder, data, names)
+    assert all(s["slide"] and s["path"] == str(svs) for g in stage.clusters.exemplars for s in g)
+    out = stage.maps
     written = np.array(Image.open(out / "CMU-1-Small-Region.png"))
     # The map covers the slide's level 0 (2220 x 2967 px), under the writer's 4096 px cap.
     assert written.shape == (2967, 2220)
