@@ -230,19 +230,29 @@ class TissueCropDataset(Dataset):
     """
 
     def __init__(
-        self, records: list[TissueRecord], store: TissueImageStore, crops: int, transform: Any
+        self,
+        records: list[TissueRecord],
+        store: TissueImageStore,
+        crops: int,
+        transform: Any,
+        class_images: list[list[int]] | None = None,
     ) -> None:
         self.records = records
         self.store = store
         self.crops = crops
         self.transform = transform
+        self.class_images = class_images
 
     def __len__(self) -> int:
         return self.crops
 
     def __getitem__(self, seed: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(seed)
-        record = self.records[int(rng.integers(len(self.records)))]
+        if self.class_images:
+            holding = self.class_images[int(rng.integers(len(self.class_images)))]
+            record = self.records[holding[int(rng.integers(len(holding)))]]
+        else:
+            record = self.records[int(rng.integers(len(self.records)))]
         image, indices = self.store.load(record)
         seed_transform(self.transform, int(rng.integers(np.iinfo(np.int64).max)))
         out = self.transform(image=image, **({} if indices is None else {"mask": indices}))
@@ -332,6 +342,11 @@ class WSSSDataModule(L.LightningDataModule):
             (the whole image resized to ``crop_size``, for image-level classifiers).
         crop_size: side of the training views, px.
         crops_per_epoch: training views per epoch.
+        balance_classes: each training view first draws a class (uniformly, among the
+            classes some training image holds), then an image that holds it (by its
+            image-level label, else by its mask): a class present in a few images (normal
+            tissue in 3 of WSSS4LUAD's 41 training patches) is seen as often as the others.
+            False: every image equally often.
         batch_size: training batch size (evaluation and predict use 1).
         num_workers: DataLoader processes.
         scale_jitter: training crops are rescaled by up to this fraction.
@@ -359,6 +374,7 @@ class WSSSDataModule(L.LightningDataModule):
         train_view: Literal["crop", "resize"] = "crop",
         crop_size: int = 224,
         crops_per_epoch: int = 512,
+        balance_classes: bool = False,
         batch_size: int = 8,
         num_workers: int = 2,
         scale_jitter: float = 0.1,
@@ -468,6 +484,19 @@ class WSSSDataModule(L.LightningDataModule):
 
     # --- Lightning hooks -----------------------------------------------------------------
 
+    def _class_images(self, records: list[TissueRecord]) -> list[list[int]]:
+        """Per class that some record holds, the indices of the records holding it."""
+        count = len(self.classes.names)
+        held = []
+        for record in records:
+            labels = record.labels
+            if labels is None:
+                indices = self.store.load(record)[1]
+                labels = np.zeros(count) if indices is None else present_labels(indices, count)
+            held.append(np.asarray(labels, bool))
+        by_class = [[i for i, h in enumerate(held) if h[c]] for c in range(count)]
+        return [images for images in by_class if images]
+
     def setup(self, stage: str) -> None:
         """Finds the records of ``stage`` and builds its datasets."""
         hp = self.hparams
@@ -481,8 +510,9 @@ class WSSSDataModule(L.LightningDataModule):
                 mask_fill=self.classes.ignore_index,
                 resize=hp.train_view == "resize",
             )
+            class_images = self._class_images(records) if hp.balance_classes else None
             self.train_dataset = TissueCropDataset(
-                records, self.store, hp.crops_per_epoch, transform
+                records, self.store, hp.crops_per_epoch, transform, class_images
             )
         if stage in ("fit", "validate"):
             val = self._val_records()

@@ -230,3 +230,24 @@ def test_real_wsss4luad(shared_data: Path) -> None:
     item = dm.val_dataset[0]
     mask = np.array(Image.open(root / "validation" / "mask" / "00.png"))
     assert np.array_equal(item["mask"].numpy(), mask)
+
+
+def test_balanced_classes_show_a_rare_class_as_often_as_the_others(
+    tmp_path: Path, make_wsss_root: Callable[..., Path]
+) -> None:
+    root = make_wsss_root(tmp_path / "luad", "luad", n_train=6)
+    # Only the names' labels steer the draw: one image of normal tissue, five of the others.
+    for index, path in enumerate(sorted((root / "training").glob("*.png"))):
+        path.rename(path.with_name(f"{index}-{'[0, 0, 1]' if index == 0 else '[1, 1, 0]'}.png"))
+    plain, balanced = luad(root, crops_per_epoch=300), luad(root, crops_per_epoch=300)
+    balanced.hparams.balance_classes = True
+    shares = []
+    for dm in (plain, balanced):
+        dm.setup("fit")
+        labels = torch.stack([dm.train_dataset[i]["labels"] for i in range(300)])
+        shares.append(float(labels[:, 2].mean()))
+    assert plain.train_dataset.class_images is None
+    assert balanced.train_dataset.class_images == [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [0]]
+    # Normal tissue: drawn a third of the time, against one image in six.
+    assert shares[0] == pytest.approx(1 / 6, abs=0.06)
+    assert shares[1] == pytest.approx(1 / 3, abs=0.06)
