@@ -192,8 +192,10 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/bench_wsss4luad_prototypes")
     parser.add_argument("--output", default="benchmarks/results/wsss4luad_prototypes.json")
     parser.add_argument("--folds", type=int, default=3, help="folds of the supervised reference")
+    # 150 steps: what the shared 2-core machine finishes (with the 3 reference folds) in a
+    # session; configs/wsss4luad/segment.yaml's 600 is for a machine with a GPU.
     parser.add_argument(
-        "--head-steps", type=int, default=None, help="the heads' steps (default: the config's)"
+        "--head-steps", type=int, default=150, help="the heads' steps (0: the config's)"
     )
     parser.add_argument(
         "--reference-steps",
@@ -228,7 +230,8 @@ def main() -> None:
     data = Path(args.data_root).resolve()
     run = Path(args.run_dir).resolve()
     refs = run / "references"
-    reference_steps = args.reference_steps or args.head_steps
+    head_steps = args.head_steps or None
+    reference_steps = args.reference_steps or head_steps
     settings = {
         "data_root": str(data),
         "folds": args.folds,
@@ -243,7 +246,7 @@ def main() -> None:
 
     # 1. The chain: SSL -> prototypes -> naming -> pseudo masks -> head -> predictions; its
     # own ledger in run/chain (with --resume it keeps its finished steps).
-    chain = run_chain(run, data, args.head_steps, args.accelerator, args.resume, args.chain_arg)
+    chain = run_chain(run, data, head_steps, args.accelerator, args.resume, args.chain_arg)
     # The references' steps: their own ledger, so that starting them afresh keeps the chain.
     ledger = ChainLedger(refs, settings, args.resume)
     logs = refs / "logs"
@@ -308,7 +311,7 @@ def main() -> None:
         "simulated_pathologist": "protoseg name-clusters: every 8 px patch of the 6 tuning "
         "images goes to its nearest centroid; a cluster is named with the class of >= 80% of "
         "its 10 patches nearest the centroid (a patch's class: background if it covers > 50% "
-        "of the 96 px patch, else its main tissue), else ignore",
+        "of the 32 px patch (the embedder's window), else its main tissue), else ignore",
         "clusters": naming_record(chain_dir / "naming" / "names.json"),
         "pseudo_masks": pseudo_scores,
         "head": head_scores,
