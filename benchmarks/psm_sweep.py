@@ -17,7 +17,9 @@ makes). Then, on the 24 tuning images only, labels choose:
 
 The choice is frozen in the JSON, then the shipped settings and the choice are quoted on the 6
 held-out images. Every evaluated setting, its tuning figures and the order of the decisions
-are in the JSON.
+are in the JSON, with the rule's verdict (:func:`decide`): the choice replaces the shipped
+settings only when it gains at least the spread on the tuning images and the held-out images
+do not read it lower (they can veto a change, never pick one).
 
     python benchmarks/psm_sweep.py \
         --checkpoint runs/bench_psm_holdout/segment/checkpoints/last.ckpt \
@@ -33,7 +35,7 @@ import json
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -169,9 +171,12 @@ class Inputs:
         self.stem = path.stem
 
 
-def save_inputs(checkpoint: str, data_root: str, folder: Path) -> None:
-    """Every image's split inputs from the head of ``checkpoint`` (its datamodule's root
-    replaced by ``data_root``, every image read), as float32 ``<stem>.npz``."""
+def save_inputs(
+    checkpoint: str, data_root: str, folder: Path, stems: Collection[str] | None = None
+) -> None:
+    """Every image's split inputs (``stems``' only, if given) from the head of ``checkpoint``
+    (its datamodule's root replaced by ``data_root``), as float32 ``<stem>.npz``; images
+    already saved are skipped."""
     import io
 
     from protoseg.datamodules.monuseg import MoNuSegDataModule
@@ -183,7 +188,7 @@ def save_inputs(checkpoint: str, data_root: str, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for batch in tqdm(data.val_dataloader(), desc="split inputs", unit="image"):
         path = folder / f"{batch['stem'][0]}.npz"
-        if path.is_file():
+        if path.is_file() or (stems is not None and batch["stem"][0] not in stems):
             continue
         with torch.no_grad():
             ((probs, guide),) = model.split_inputs(batch["image"])
@@ -332,6 +337,32 @@ def simplify(evaluate: Evaluator, settings: Settings, spread: float, log: list[d
         current = simpler
 
 
+def decide(tuning: dict[str, dict], held_out: dict[str, dict], spread: float) -> dict[str, Any]:
+    """Whether the frozen choice replaces the shipped settings.
+
+    It does when its AJI on the tuning images beats the shipped settings' by at least
+    ``spread`` (a smaller gain lies within the seed-to-seed spread of heads) and its AJI on the
+    held-out images is not lower than theirs. The held-out images only veto: they never pick
+    among settings.
+
+    Args:
+        tuning, held_out: ``{"shipped": scores, "chosen": scores}`` of each image set.
+        spread: the seed-to-seed AJI spread.
+    """
+    tuning_gain = round(tuning["chosen"]["aji"] - tuning["shipped"]["aji"], 4)
+    held_out_gain = round(held_out["chosen"]["aji"] - held_out["shipped"]["aji"], 4)
+    ship = tuning_gain >= spread and held_out_gain >= 0.0
+    return {
+        "rule": (
+            "the choice ships when it gains >= spread AJI on the tuning images and does not "
+            "read lower on the held-out images"
+        ),
+        "tuning_aji_gain": tuning_gain,
+        "held_out_aji_gain": held_out_gain,
+        "ships": "chosen" if ship else "shipped",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the held-out chain's head")
@@ -368,6 +399,8 @@ def main() -> None:
         args_ = {k: v for k, v in settings["init_args"].items() if k != "centre_net"}
         return {"class_path": settings["class_path"], "init_args": args_}
 
+    tuning_figures = {"shipped": tuning(shipped), "chosen": tuning(chosen)}
+    held_out_figures = {"shipped": held_out(shipped), "chosen": held_out(chosen)}
     figures = {
         "benchmark": "monuseg_psm_sweep",
         "checkpoint": args.checkpoint,
@@ -383,7 +416,8 @@ def main() -> None:
             "searched": tuning(searched),
             "chosen": tuning(chosen),
         },
-        "held_out": {"shipped": held_out(shipped), "chosen": held_out(chosen)},
+        "held_out": held_out_figures,
+        "decision": decide(tuning_figures, held_out_figures, args.spread),
         "search": search_log,
         "simplification": simplify_log,
         "evaluated_settings": len(tuning.seen),
@@ -395,6 +429,7 @@ def main() -> None:
     print(f"chosen: {json.dumps(figures['chosen'])}")
     print(f"tuning {figures['tuning']}")
     print(f"held out {figures['held_out']}")
+    print(f"decision {figures['decision']}")
 
 
 if __name__ == "__main__":

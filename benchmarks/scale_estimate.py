@@ -12,7 +12,7 @@ scored against the resized labels. The JSON holds each factor's estimate too.
 
     python benchmarks/scale_estimate.py --data-root ../shared/data/monuseg/train \
         --checkpoint runs/bench_psm_holdout/segment/checkpoints/last.ckpt \
-        --output benchmarks/results/scale_estimate.json
+        --precision 32-true --output benchmarks/results/scale_estimate.json
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument(
+        "--precision", default=None, help="trainer.precision of the predictions (default: config's)"
+    )
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench_scale_estimate"))
     parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks/results/scale_estimate.json"
@@ -86,7 +89,10 @@ def main() -> None:
             modes = {"as_they_are": "null"}
         for mode, value in modes.items():
             output = run_dir / name / mode
-            seconds = predicted(args, root, output, f"--data.image_mpp={value}")
+            extra = [f"--data.image_mpp={value}"]
+            if args.precision:
+                extra.append(f"--trainer.precision={args.precision}")
+            seconds = predicted(args, root, output, *extra)
             row[mode] = {"predict_seconds": seconds, **scores(output, root)}
         if "auto" not in row:
             row["auto"] = row["as_they_are"]
@@ -98,6 +104,7 @@ def main() -> None:
             "benchmark": "scale_estimate",
             "checkpoint": str(args.checkpoint),
             "config": args.config,
+            "precision": args.precision or "the config's",
             "images": stems,
             "mpp": MODEL_MPP,
             "labels": "instance PNGs resized with the images (nearest neighbour)",

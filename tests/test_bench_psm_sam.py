@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from benchmarks.psm_sam import sam_refine
+from benchmarks.psm_sam import sam_refine, split_settings
 
 
 class BoxPredictor:
@@ -60,3 +61,25 @@ def test_sam_can_grow_an_object_inside_its_prompt_box() -> None:
     # The answer fills the whole grown box (margin 0 in the stand-in): 2 px more each side.
     refined = sam_refine(np.zeros((32, 32, 3), np.uint8), instances, BoxPredictor(0.9, 0), 2, 8)
     assert (refined > 0).sum() == 8 * 8
+
+
+def test_the_split_is_the_heads_own_or_the_one_the_sweep_ships(tmp_path) -> None:
+    net = {"class_path": "torch.nn.Identity"}
+    own = {
+        "class_path": "protoseg.postprocess.centre_guided.CentreGuidedSplit",
+        "init_args": {"centre_net": net, "outline_opening": 3},
+    }
+    checkpoint = tmp_path / "head.ckpt"
+    torch.save({"hyper_parameters": {"postprocess": own}}, checkpoint)
+    assert split_settings(str(checkpoint), None, None) == own
+    chosen = {"class_path": own["class_path"], "init_args": {"outline_opening": 4}}
+    plain = {"class_path": "protoseg.postprocess.distance.DistanceSplit", "init_args": {}}
+    sweep = {"shipped": plain, "chosen": chosen, "decision": {"ships": "chosen"}}
+    # The detector's network comes from the head's checkpoint (the sweep's JSON leaves it out).
+    assert split_settings(str(checkpoint), sweep, None)["init_args"] == {
+        "outline_opening": 4,
+        "centre_net": net,
+    }
+    assert split_settings(str(checkpoint), sweep, "shipped") == plain
+    del sweep["decision"]  # a sweep of before the rule: its choice
+    assert split_settings(str(checkpoint), sweep, None)["init_args"]["outline_opening"] == 4

@@ -17,6 +17,7 @@ from benchmarks.psm_sweep import (
     as_distance,
     check_same,
     coordinate_search,
+    decide,
     guided,
     simplify,
     with_args,
@@ -121,3 +122,18 @@ def test_guided_takes_the_detector_of_the_shipped_settings() -> None:
     assert back["class_path"] == GUIDED
     assert back["init_args"]["centre_net"] == SHIPPED["init_args"]["centre_net"]
     assert back["init_args"]["centre_votes"] is False
+
+
+@pytest.mark.parametrize(
+    ("tuning_gain", "held_out_gain", "ships"),
+    [(0.006, 0.001, "chosen"), (0.006, -0.02, "shipped"), (0.004, 0.03, "shipped")],
+)
+def test_the_choice_ships_only_past_the_spread_and_unvetoed_by_the_held_out_images(
+    tuning_gain: float, held_out_gain: float, ships: str
+) -> None:
+    tuning = {"shipped": {"aji": 0.46}, "chosen": {"aji": 0.46 + tuning_gain}}
+    held_out = {"shipped": {"aji": 0.45}, "chosen": {"aji": 0.45 + held_out_gain}}
+    verdict = decide(tuning, held_out, spread=0.005)
+    assert verdict["ships"] == ships
+    assert verdict["tuning_aji_gain"] == pytest.approx(tuning_gain)
+    assert verdict["held_out_aji_gain"] == pytest.approx(held_out_gain)
