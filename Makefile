@@ -116,7 +116,7 @@ bench-resolution: ## The PSM head on the 30 training images halved (20x): as the
 		--run-dir runs/bench_resolution --output $(RESULTS)/resolution.json
 
 BENCH_CAMSAM := runs/bench_wsss4luad_camsam
-bench-wsss4luad-camsam: ## CAM + SAM chain on WSSS4LUAD: classifier -> CAM and CAM+SAM pseudo masks -> a head on each, scored on the 31 validation images (CHAIN_ACCELERATOR=gpu on a GPU)
+bench-wsss4luad-camsam: ## CAM + SAM chain on WSSS4LUAD (frozen LiteMedSAM encoder): classifier -> CAM and CAM+SAM pseudo masks -> a head on each, scored on the 31 validation images and the 21-image report fold (embeddings cached in runs/sam_embeddings; CHAIN_ACCELERATOR=gpu on a GPU)
 	$(BIN)/python -m benchmarks.wsss4luad_camsam --data-root $(DATA)/wsss4luad \
 		--run-dir $(BENCH_CAMSAM) --output $(RESULTS)/wsss4luad_camsam.json \
 		--accelerator $(CHAIN_ACCELERATOR) $(CHAIN_ARGS)

@@ -1,12 +1,22 @@
 """``make bench-wsss4luad-camsam``: the CAM + SAM chain on WSSS4LUAD, stage by stage.
 
-classifier fit -> CAM pseudo masks and CAM + SAM pseudo masks, each scored on the 31
-validation images (their masks only score) and written for the 41 training images -> one
-semantic head trained on each -> the heads scored on the validation images. Every stage runs
-in its own process (``benchmarks.stage_process``), so that its wall time and peak memory are
-its own; finished stages are kept in ``RUN_DIR/stages.json`` and ``--resume`` skips them.
-The figures go to ``benchmarks/results/wsss4luad_camsam.json`` beside those of the prototype
-chain (``benchmarks/results/wsss4luad_prototypes.json``, when present).
+classifier fit (a class layer on LiteMedSAM's frozen image encoder; its embeddings computed
+once per image into ``--embedding-cache``) -> CAM pseudo masks and CAM + SAM pseudo
+masks (SAM decoding the same embeddings), each scored on the validation images (their masks
+only score) and written for the 41 training images -> one semantic head (on the same frozen
+encoder) trained on each -> the heads scored on the validation images. Every figure is given
+on the 31 validation images and on the 21 that no setting was chosen on (the *report fold*:
+all but the tuning fold :data:`TUNE`), beside the prototype chain's figures (from
+``benchmarks/results/wsss4luad_prototypes.json``; its 25 held-out images). Every
+stage runs in its own process (``benchmarks.stage_process``), so that its wall time and peak
+memory are its own; finished stages are kept in ``RUN_DIR/stages.json`` and ``--resume``
+skips them.
+
+The encoder's embeddings are a cache, not a result: keyed by the image's pixels, the settings
+and the checksummed weights, they are the same whichever run computes them. The default
+folder (``runs/sam_embeddings``) is kept between runs, so a rerun encodes nothing; the results
+file says how many embeddings this run computed and how many it read, and the stages' wall
+times hold only the encoder passes this run made (a fresh clone makes them all).
 """
 
 from __future__ import annotations
@@ -22,11 +32,18 @@ from typing import Any
 
 from benchmarks.common import fresh_run_dir, rounded, write_result
 from protoseg.io.images import write_text_atomic
+from protoseg.summary import summary_row
 
-CLASSIFIER = "configs/cam_sam/classifier_wsss4luad.yaml"
+CLASSIFIER = "configs/cam_sam/classifier_encoder_wsss4luad.yaml"
 PSEUDO = "configs/cam_sam/pseudo_wsss4luad.yaml"
-HEAD = "configs/wsss4luad/segment.yaml"
+HEAD = "configs/cam_sam/segment_encoder_wsss4luad.yaml"
 PROTOTYPES = "benchmarks/results/wsss4luad_prototypes.json"
+#: The validation images every setting of the frozen-encoder CAMs and of SAM's filter was
+#: chosen on (benchmarks/wsss4luad_encoder_cam.py); the other 21 are the report fold.
+TUNE = ("00", "01", "02", "05", "06", "08", "12", "14", "18", "25")
+#: The scored sets: name -> validation stems left out.
+FOLDS = {"all_31": (), "report_fold": TUNE}
+EMBEDDER = "--model.init_args.net.init_args.embedder.init_args.cache_dir"
 # The chain whose head is the benchmark's answer (its checkpoint is scored on the held-back
 # test images), fixed before any figure was seen: the issue's method.
 ANSWER = "cam_sam"
@@ -53,6 +70,11 @@ def run_stage(name: str, command: str, args: list[str], run_dir: Path) -> dict[s
     return record
 
 
+def exclude_arg(stems: tuple[str, ...]) -> list[str]:
+    """``--data.val_exclude`` of validation stems (quoted: ``00`` is a name, not a number)."""
+    return [f"--data.val_exclude=[{', '.join(json.dumps(s) for s in stems)}]"] if stems else []
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="../shared/data/wsss4luad")
@@ -62,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classifier-steps", type=int, default=None, help="config's if None")
     parser.add_argument("--head-steps", type=int, default=None, help="config's if None")
     parser.add_argument(
-        "--sam-tile", type=int, default=None, help="SAM tile side, px (config's if None)"
+        "--embedding-cache",
+        default="runs/sam_embeddings",
+        help="folder of the frozen encoder's embeddings (kept between runs)",
     )
     parser.add_argument("--resume", action="store_true", help="keep RUN_DIR's finished stages")
     parser.add_argument(
@@ -81,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         f"--trainer.accelerator={args.accelerator}",
         *args.override,
     ]
+    cache_dir = Path(args.embedding_cache).resolve()
+    cached_before = {p.name for p in cache_dir.glob("*.npy")}
+    cache = f"{EMBEDDER}={cache_dir}"
 
     def stage(name: str, command: str, stage_args: list[str]) -> dict[str, Any]:
         if name not in ledger:
@@ -91,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     def fit_args(config: str, folder: Path, steps: int | None) -> list[str]:
         return [
             f"--config={config}",
+            cache,
             f"--trainer.default_root_dir={folder}",
             f"--trainer.logger.init_args.save_dir={folder}",
             f"--trainer.callbacks.init_args.dirpath={folder}/checkpoints",
@@ -99,11 +127,18 @@ def main(argv: list[str] | None = None) -> None:
             *([] if steps is None else [f"--trainer.max_steps={steps}"]),
         ]
 
+    def scored(name: str, stage_args: list[str]) -> dict[str, dict[str, Any]]:
+        """A validate stage on each fold of :data:`FOLDS`."""
+        return {
+            fold: stage(f"{name} [{fold}]", "validate", [*stage_args, *exclude_arg(left_out)])
+            for fold, left_out in FOLDS.items()
+        }
+
     classifier_dir = run_dir / "classifier"
-    stage("classifier fit", "fit", fit_args(CLASSIFIER, classifier_dir, args.classifier_steps))
+    classifier = stage(
+        "classifier fit", "fit", fit_args(CLASSIFIER, classifier_dir, args.classifier_steps)
+    )
     classifier_ckpt = f"--model.init_args.classifier_ckpt={classifier_dir}/checkpoints/last.ckpt"
-    pseudo: dict[str, dict[str, Any]] = {}
-    heads: dict[str, dict[str, Any]] = {}
     variants = {"cam": "false", "cam_sam": "true"}
 
     def pseudo_args(variant: str) -> list[str]:
@@ -111,19 +146,19 @@ def main(argv: list[str] | None = None) -> None:
             f"--config={PSEUDO}",
             classifier_ckpt,
             f"--model.init_args.sam={variants[variant]}",
+            # Each turn of an image is another encoder pass: the frozen-encoder CAMs are read
+            # as they are (the rotation average is the ResNet-18 classifier's).
+            "--model.init_args.rotations=1",
             f"--trainer.default_root_dir={run_dir / variant}",
-            *([] if args.sam_tile is None else [f"--model.init_args.tile={args.sam_tile}"]),
         ]
 
     # The pseudo masks' figures first (the comparison the chain is about), then each variant's
     # training pseudo masks and head.
-    for variant in variants:
-        pseudo[variant] = stage(
-            f"{variant} pseudo masks validation", "validate", pseudo_args(variant)
-        )
+    pseudo = {v: scored(f"{v} pseudo masks validation", pseudo_args(v)) for v in variants}
+    heads: dict[str, dict[str, Any]] = {}
     for variant in variants:
         masks = run_dir / variant / "pseudo_masks"
-        pseudo[variant]["writing"] = stage(
+        writing = stage(
             f"{variant} pseudo masks", "predict", [*pseudo_args(variant), f"--output_dir={masks}"]
         )
         head_dir = run_dir / variant / "head"
@@ -132,30 +167,63 @@ def main(argv: list[str] | None = None) -> None:
             f"{variant} head fit", "fit", [*fit_args(HEAD, head_dir, args.head_steps), *head]
         )
         ckpt = head_dir / "checkpoints" / "last.ckpt"
-        heads[variant] = stage(
-            f"{variant} head validation",
-            "validate",
-            [f"--config={HEAD}", *head, f"--ckpt_path={ckpt}"],
-        )
-        heads[variant]["fit"] = fit
-        heads[variant]["checkpoint"] = str(ckpt.resolve())
+        validation = [f"--config={HEAD}", cache, *head, f"--ckpt_path={ckpt}"]
+        heads[variant] = {
+            "scores": scored(f"{variant} head validation", validation),
+            "writing": writing,
+            "fit": fit,
+            "checkpoint": str(ckpt.resolve()),
+        }
 
-    def scores(record: dict[str, Any]) -> dict[str, float]:
-        return rounded({k: v for k, v in record["metrics"].items() if k.startswith("val/")})
+    def scores(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+        return {
+            fold: rounded(
+                {
+                    k.removeprefix("val/"): v
+                    for k, v in record["metrics"].items()
+                    if k.startswith("val/")
+                }
+            )
+            for fold, record in records.items()
+        }
 
     def cost(record: dict[str, Any]) -> dict[str, Any]:
         keys = ("wall_seconds", "peak_rss_gib", "gpu_peak_memory_gib")
         return {key: record[key] for key in keys if key in record}
 
+    embeddings = sorted(cache_dir.glob("*.npy"))
     prototypes = Path(PROTOTYPES)
-    figures = {
+    prototype_chain = json.loads(prototypes.read_text()) if prototypes.is_file() else None
+    figures: dict[str, Any] = {
         "dataset": "WSSS4LUAD subset (41 training patches, image-level labels)",
         "validation_images": args.data_root + "/validation (31 images; masks only score)",
+        "folds": {
+            "all_31": "every validation image",
+            "report_fold": f"the 21 not in the tuning fold {list(TUNE)}, on which the class "
+            "layer's pooling / r / crop and SAM's filter were chosen",
+        },
+        "image_level_label_of_validation_images": "the classes present in its mask (pseudo "
+        "masks only; the heads see no label)",
+        "classifier": "1x1 class layer + LSE (r = 5) pooling on 16 x 16-cell crops of LiteMedSAM's "
+        "frozen TinyViT embeddings (images at half size, 256 px tiles)",
+        "classifier_validation": scores({"all_31": classifier}).get("all_31"),
         "cam_pseudo_masks": scores(pseudo["cam"]),
         "cam_sam_pseudo_masks": scores(pseudo["cam_sam"]),
-        "head_on_cam": scores(heads["cam"]),
-        "head_on_cam_sam": scores(heads["cam_sam"]),
-        "prototype_chain": json.loads(prototypes.read_text()) if prototypes.is_file() else None,
+        "head_on_cam": scores(heads["cam"]["scores"]),
+        "head_on_cam_sam": scores(heads["cam_sam"]["scores"]),
+        "prototype_chain": None
+        if prototype_chain is None
+        else {
+            key: prototype_chain.get(key)
+            for key in ("pseudo_masks", "head", "head_steps", "chain_wall_seconds", "checkpoint")
+        },
+        "embeddings": {
+            "folder": str(cache_dir),
+            "files": len(embeddings),
+            "computed_by_this_run": len({p.name for p in embeddings} - cached_before),
+            "there_before_this_run": len(cached_before),
+            "mib": round(sum(p.stat().st_size for p in embeddings) / 2**20, 1),
+        },
         "stages": {name: cost(record) for name, record in ledger.items()},
         "chain_wall_seconds": round(sum(r["wall_seconds"] for r in ledger.values()), 1),
         "checkpoint": heads[ANSWER]["checkpoint"],
@@ -165,8 +233,55 @@ def main(argv: list[str] | None = None) -> None:
             "--data.root DIR --output_dir OUT  # DIR holds img/ (or images/)"
         ),
     }
-    print(json.dumps({k: figures[k] for k in list(figures)[2:6]}, indent=2))
+    figures["summary"] = summary_rows(figures)
+    print(
+        json.dumps(
+            {
+                k: figures[k]
+                for k in (
+                    "cam_pseudo_masks",
+                    "cam_sam_pseudo_masks",
+                    "head_on_cam",
+                    "head_on_cam_sam",
+                )
+            },
+            indent=2,
+        )
+    )
     print(f"benchmark: wrote {write_result(args.output, figures)}")
+
+
+def summary_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The README table's rows: the report fold's figures (held out from every choice)."""
+    keys = ("miou", "fwiou", "iou_tumor", "iou_stroma", "iou_normal")
+    stages = figures["stages"]
+
+    def seconds(*names: str) -> float:
+        return round(sum(stages[n]["wall_seconds"] for n in names if n in stages), 1)
+
+    rows = []
+    for name, key, steps in (
+        ("CAM pseudo masks (frozen LiteMedSAM encoder + class layer)", "cam_pseudo_masks", ()),
+        ("CAM + LiteMedSAM pseudo masks (EPLC-SAM filter)", "cam_sam_pseudo_masks", ()),
+        ("CAM + SAM chain (pseudo masks -> frozen-encoder head)", "head_on_cam_sam", ("cam_sam",)),
+    ):
+        metrics = figures[key].get("report_fold")
+        names = ["classifier fit"] + [
+            n for v in steps for n in (f"{v} pseudo masks", f"{v} head fit")
+        ]
+        rows.append(
+            summary_row(
+                name,
+                "image-level",
+                "held-out",
+                None if metrics is None else {k: metrics[k] for k in keys if k in metrics},
+                images=21,
+                data="wsss4luad/validation",
+                wall_seconds=seconds(*names),
+                precision="32-true",
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import rounded, write_result
-from benchmarks.wsss4luad_camsam import HEAD, run_stage
+from benchmarks.wsss4luad_camsam import run_stage
 from protoseg.datamodules.wsss import parse_image_label, present_labels
 from protoseg.io.class_maps import TissueClasses, write_class_map
 from protoseg.io.images import read_code_png, read_rgb, write_text_atomic
@@ -47,6 +47,7 @@ CLASSES = ("tumor", "stroma", "normal")
 PALETTE = ((0, 64, 128), (64, 128, 0), (243, 152, 0), (255, 255, 255))
 TUNE = "00 01 02 05 06 08 12 14 18 25"
 TILE, STRIDE, CELL = 256, 192, 4  # encoder input, tile step, px of the tile per embedding
+HEAD = "configs/wsss4luad/segment.yaml"  # the U-Net head this study trained
 
 
 def embed(encoder: torch.nn.Module, image: np.ndarray, scale: float) -> torch.Tensor:

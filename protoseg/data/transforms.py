@@ -24,6 +24,7 @@ def train_transform(
     scale_jitter: float = 0.1,
     mask_fill: int = 0,
     resize: bool = False,
+    augment: bool = True,
 ) -> A.Compose:
     """Random square crop with mild rescaling, flips, 90-degree turns and colour jitter.
 
@@ -32,7 +33,9 @@ def train_transform(
     with nearest neighbour). Images smaller than the crop are padded with white, masks with
     ``mask_fill`` (0, background, for instance ids; a loss's ignore index for class maps).
     With ``resize`` the whole image is resized to ``crop_size`` square instead of cropped
-    (a classifier's view: an image-level label holds for the whole image only).
+    (a classifier's view: an image-level label holds for the whole image only). Without
+    ``augment`` no flips, turns or colour jitter follow (the same view of an image every
+    time: a frozen encoder's embedding of it is computed once and cached).
 
     Call it as ``transform(image=image, mask=instances)``: image (H, W, 3) uint8 and
     instances (H, W) integer ids in, image (crop, crop, 3) float32 normalised with
@@ -64,15 +67,18 @@ def train_transform(
                 mask_interpolation=cv2.INTER_NEAREST,
             )
         ]
+    augmentation: list[A.BasicTransform] = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=1.0),
+        # Mild: stain colour varies between labs, but hue carries the H vs E contrast.
+        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+    ]
     return A.Compose(
         [
             *geometry,
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=1.0),
-            # Mild: stain colour varies between labs, but hue carries the H vs E contrast.
-            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+            *(augmentation if augment else []),
             A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
         ]
     )

@@ -350,6 +350,9 @@ class WSSSDataModule(L.LightningDataModule):
         batch_size: training batch size (evaluation and predict use 1).
         num_workers: DataLoader processes.
         scale_jitter: training crops are rescaled by up to this fraction.
+        augment: flips, 90-degree turns and colour jitter of the training views; False
+            with ``train_view: resize`` gives each image the same view every time (for
+            nets on a frozen encoder whose embeddings are cached per image).
         mean: normalisation mean, on [0, 1] RGB.
         std: normalisation std.
         cache_images: decode the training and validation images once and hold them.
@@ -378,6 +381,7 @@ class WSSSDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 2,
         scale_jitter: float = 0.1,
+        augment: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         cache_images: bool = True,
@@ -509,6 +513,7 @@ class WSSSDataModule(L.LightningDataModule):
                 hp.scale_jitter,
                 mask_fill=self.classes.ignore_index,
                 resize=hp.train_view == "resize",
+                augment=hp.augment,
             )
             class_images = self._class_images(records) if hp.balance_classes else None
             self.train_dataset = TissueCropDataset(

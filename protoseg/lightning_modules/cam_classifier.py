@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
 
 from protoseg.io.class_maps import TissueClasses, colour_classes, overlay_classes
 from protoseg.lightning_modules.evaluation import (
@@ -22,7 +23,7 @@ from protoseg.lightning_modules.evaluation import (
 from protoseg.lightning_modules.hparams import save_init_hyperparameters
 from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics.tissue import TissueMetrics
-from protoseg.modules.cam import CAMNet, bright_background, rotation_averaged_cams
+from protoseg.modules.cam import bright_background, rotation_averaged_cams
 from protoseg.modules.cam_sam import cam_class_map
 from protoseg.visualize import cam_picture
 
@@ -30,7 +31,9 @@ Batch = dict[str, Any]
 
 
 class CAMClassifierModule(L.LightningModule):
-    """Trains a :class:`~protoseg.modules.cam.CAMNet` with multi-label BCE on image-level labels.
+    """Trains a CAM network with multi-label BCE on image-level labels: a
+    :class:`~protoseg.modules.cam.CAMNet` (a timm backbone with Attention Dropout) or a class
+    layer on a frozen encoder (:class:`~protoseg.modules.frozen_heads.EncoderCAMNet`).
 
     Training batches hold ``image`` (B, 3, h, w) and ``labels`` (B, K) 0/1 (e.g.
     :class:`~protoseg.datamodules.wsss.WSSSDataModule`, whose crops are flipped, turned and
@@ -40,7 +43,8 @@ class CAMClassifierModule(L.LightningModule):
     TensorBoard gets image | CAMs | CAM classes of the first ``num_log_images``.
 
     Args:
-        net: the CAM network (backbone, ADL, class layer).
+        net: the CAM network: ``net(images)`` -> logits (B, K) and raw maps (B, K, h, w),
+            with ``num_classes`` and ``normalise_cams`` (maps -> CAMs in [0, 1]).
         class_names: the K image-level classes, in the label order.
         optimizer: optimizer factory; default AdamW(lr=1e-3, weight_decay=1e-4).
         warmup_steps: linear warm-up, then cosine decay over the run.
@@ -54,7 +58,7 @@ class CAMClassifierModule(L.LightningModule):
 
     def __init__(
         self,
-        net: CAMNet,
+        net: nn.Module,
         class_names: list[str] = ["tumor", "stroma", "normal"],  # noqa: B006 (jsonargparse)
         optimizer: OptimizerCallable | None = None,
         warmup_steps: int = 50,

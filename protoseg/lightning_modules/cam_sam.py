@@ -9,12 +9,14 @@ present in each mask as its image-level label).
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from protoseg.io.checkpoints import check_stage_checkpoint, class_path_of, read_checkpoint
 from protoseg.io.class_maps import IGNORE_INDEX
@@ -23,7 +25,8 @@ from protoseg.lightning_modules.cam_classifier import CAMClassifierModule
 from protoseg.lightning_modules.evaluation import log_gathered
 from protoseg.metrics.tissue import TissueMetrics
 from protoseg.modules.cam_sam import PromptSettings, combine_sam_masks, sam_class_masks
-from protoseg.modules.sam import PromptableSegmenter, SamPredictor, load_sam
+from protoseg.modules.sam import EmbeddingPredictor, PromptableSegmenter, SamPredictor, load_sam
+from protoseg.modules.sam_encoder import SamEncoderEmbedder
 
 Batch = dict[str, Any]
 
@@ -45,6 +48,12 @@ def load_classifier(path: str | Path) -> CAMClassifierModule:
     except Exception as error:  # noqa: BLE001 - weights of another shape, named once
         raise DataError(f"{path}: not a CAMClassifierModule checkpoint ({error})") from None
     return module.eval()
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """(C, h, w) maps resized to (C, *size) float32 (``bilinear`` or ``nearest``)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(maps)).float()[None]
+    return F.interpolate(tensor, size=tuple(size), mode=mode)[0].numpy()
 
 
 class CamSamPseudoMaskModule(L.LightningModule):
@@ -74,7 +83,10 @@ class CamSamPseudoMaskModule(L.LightningModule):
         points_per_prompt: points drawn ∝ CAM per region.
         min_region: smallest CAM region prompted, px.
         min_overlap: EPLC-SAM's agreement threshold.
-        tile: image px per SAM tile (each resized to SAM's input); 0: whole images.
+        tile: image px per SAM tile (each resized to SAM's input); 0: whole images. Unused
+            when the classifier's backbone is this SAM's frozen encoder
+            (:class:`~protoseg.modules.sam_encoder.SamEncoderEmbedder`): SAM then decodes
+            the classifier's cached embeddings, tile by tile as they were encoded.
         uncovered: pixels no kept SAM mask covers keep the CAM's class (``cam``) or are
             unsure (``ignore``).
     """
@@ -113,9 +125,22 @@ class CamSamPseudoMaskModule(L.LightningModule):
         if self.classifier is not None:
             return
         self.classifier = load_classifier(self.hparams.classifier_ckpt)
-        if self.hparams.sam:
+        if self.hparams.sam and self.shared_embedder() is not None:
+            self.segmenter = self.shared_embedder().segmenter
+        elif self.hparams.sam:
             self.segmenter = load_sam(self.hparams.sam_checkpoint, self.hparams.sam_model_type)
         self.val_metrics = TissueMetrics(self.classifier.class_names, prefix="val/")
+
+    def shared_embedder(self) -> SamEncoderEmbedder | None:
+        """The classifier's frozen SAM encoder when it is this stage's SAM (same weights, no
+        other model type asked): SAM then decodes the embeddings the classifier computed
+        (cached) instead of encoding every tile again."""
+        embedder = getattr(self.classifier.net, "embedder", None)
+        if not isinstance(embedder, SamEncoderEmbedder) or self.hparams.sam_model_type:
+            return None
+        given = self.hparams.sam_checkpoint
+        wanted = None if given is None else str(Path(given).resolve())
+        return embedder if embedder.checkpoint == wanted else None
 
     def pseudo_mask(
         self, image_tensor: torch.Tensor, labels: torch.Tensor | None, stem: str
@@ -132,13 +157,46 @@ class CamSamPseudoMaskModule(L.LightningModule):
         )
         if self.segmenter is None or present.sum() < 2:
             return classes, cams  # one class: SAM cannot change which class tissue is
-        predictor = SamPredictor(self.segmenter, self.device)
         rng = np.random.default_rng(zlib.crc32(stem.encode()))
-        kept, counts = sam_class_masks(predictor, image, cams, classes, present, self.settings, rng)
+        embedder = self.shared_embedder()
+        if embedder is None:
+            predictor = SamPredictor(self.segmenter, self.device)
+            kept, counts = sam_class_masks(
+                predictor, image, cams, classes, present, self.settings, rng
+            )
+        else:
+            kept, counts = self._sam_on_embeddings(
+                embedder, image_tensor, cams, classes, present, rng
+            )
         for key, value in counts.items():
             self.sam_counts[key] += value
         classes = combine_sam_masks(kept, cams, classes, self.hparams.uncovered, IGNORE_INDEX)
         return classes, cams
+
+    def _sam_on_embeddings(
+        self,
+        embedder: SamEncoderEmbedder,
+        image_tensor: torch.Tensor,
+        cams: np.ndarray,
+        classes: np.ndarray,
+        present: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        """:func:`~protoseg.modules.cam_sam.sam_class_masks` on the classifier's embeddings:
+        prompts and filter in the resized image the encoder saw (its tiles, ``tile`` unused),
+        the kept masks brought back to the image's size."""
+        native = embedder.embed(embedder.pixels(image_tensor)[0])
+        size = (native.shape[1] * embedder.cell, native.shape[2] * embedder.cell)
+        resized_cams = resize_maps(cams, size, "bilinear")
+        resized_classes = resize_maps(classes[None], size, "nearest")[0].astype(np.uint8)
+        settings = replace(
+            self.settings, tile=self.segmenter.input_size, overlap=embedder.tile_overlap
+        )
+        predictor = EmbeddingPredictor(self.segmenter, native, embedder.cell)
+        kept, counts = sam_class_masks(
+            predictor, None, resized_cams, resized_classes, present, settings, rng
+        )
+        return resize_maps(kept, classes.shape, "nearest") > 0.5, counts
 
     def _items(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
         labels = batch.get("labels")

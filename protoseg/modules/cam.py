@@ -127,6 +127,11 @@ class CAMNet(nn.Module):
         maps = self.classifier(self.backbone(images)[-1])
         return maps.mean(dim=(2, 3)), maps
 
+    @staticmethod
+    def normalise_cams(maps: torch.Tensor) -> torch.Tensor:
+        """Raw maps -> CAMs in [0, 1] (:func:`normalise_cams`)."""
+        return normalise_cams(maps)
+
 
 def normalise_cams(maps: torch.Tensor) -> torch.Tensor:
     """Raw class maps (..., K, h, w) -> ReLU'd maps scaled so each map's maximum is 1."""
@@ -136,14 +141,17 @@ def normalise_cams(maps: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def rotation_averaged_cams(
-    net: CAMNet, images: torch.Tensor, rotations: int = 4, flips: bool = False
+    net: nn.Module, images: torch.Tensor, rotations: int = 4, flips: bool = False
 ) -> torch.Tensor:
     """Class maps averaged over 90-degree turns (EPLC-SAM's test-time averaging).
 
     Each view's raw maps are turned back, upsampled to the image size and averaged; the mean
-    is normalised by :func:`normalise_cams`.
+    is normalised by the net's ``normalise_cams`` (:class:`CAMNet`: :func:`normalise_cams`).
 
     Args:
+        net: a CAM network: ``net(images)`` -> (logits, raw maps), ``num_classes`` and
+            ``normalise_cams`` (:class:`CAMNet`,
+            :class:`~protoseg.modules.frozen_heads.EncoderCAMNet`).
         images: (B, 3, H, W) normalised.
         rotations: 1 (none) to 4 turns.
         flips: also average the horizontally flipped views.
@@ -163,7 +171,7 @@ def rotation_averaged_cams(
         maps = torch.rot90(maps.float(), -turns, dims=(-2, -1))
         maps = maps.flip(-1) if flip else maps
         total += F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
-    return normalise_cams(total / len(views))
+    return net.normalise_cams(total / len(views))
 
 
 def bright_background(image: np.ndarray, brightness: float = 215.0) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from protoseg.modules.sam import SamPredictor, tile_windows
+from protoseg.modules.sam import EmbeddingPredictor, SamPredictor, tile_windows
 
 IGNORE = 255
 
@@ -132,8 +132,8 @@ class PromptSettings:
 
 
 def sam_class_masks(
-    predictor: SamPredictor,
-    image: np.ndarray,
+    predictor: SamPredictor | EmbeddingPredictor,
+    image: np.ndarray | None,
     cams: np.ndarray,
     cam_classes: np.ndarray,
     present: np.ndarray,
@@ -143,6 +143,10 @@ def sam_class_masks(
     """Per class, the union of the SAM masks that agree with its CAM mask.
 
     Args:
+        predictor: answers prompts on one tile at a time: a :class:`SamPredictor` (encodes
+            each tile of ``image``) or an
+            :class:`~protoseg.modules.sam.EmbeddingPredictor` (decodes a tile's cells of
+            embeddings computed before; ``image`` may then be None).
         image: (H, W, 3) uint8.
         cams: (K, H, W) normalised class maps.
         cam_classes: (H, W) the CAM pseudo mask (:func:`cam_class_map`); class k's CAM mask is
@@ -165,7 +169,7 @@ def sam_class_masks(
             if len(boxes) == 0:
                 continue
             if not encoded:  # tiles without any prompt are never encoded
-                predictor.set_image(np.ascontiguousarray(image[window]))
+                predictor.set_window(image, window)
                 encoded = True
             points = None
             if settings.prompt != "box":

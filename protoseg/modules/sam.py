@@ -206,6 +206,10 @@ class SamPredictor:
             scores[part] = iou[:, 0].float().cpu().numpy()
         return masks, scores
 
+    def set_window(self, image: np.ndarray, window: tuple[slice, slice]) -> None:
+        """Encodes a window (a tile) of an (H, W, 3) image (:meth:`set_image`)."""
+        self.set_image(np.ascontiguousarray(image[window]))
+
     def _tensor(self, array: np.ndarray | None, part: slice, scale: float | None = None):
         """A slice of a prompt array as a tensor in the encoder's input pixels."""
         if array is None:
@@ -214,6 +218,59 @@ class SamPredictor:
         return torch.as_tensor(np.asarray(array)[part], dtype=torch.float32, device=self.device) * (
             factor
         )
+
+
+class EmbeddingPredictor:
+    """Answers prompts on tiles of an image whose embeddings were computed before (e.g. by
+    :class:`~protoseg.modules.sam_encoder.SamEncoderEmbedder`, whose cells are the encoder's
+    own): a tile of the model's input size at (y, x) is decoded from the embedding's cells
+    under it, without running the image encoder again.
+
+    Args:
+        model: the SAM model whose encoder made the embedding.
+        embedding: (D, h, w) embedding of an image of about (h * cell, w * cell) px.
+        cell: px of that image per embedding (LiteMedSAM: 4).
+    """
+
+    def __init__(self, model: PromptableSegmenter, embedding: torch.Tensor, cell: int) -> None:
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.embedding = embedding.to(self.device)
+        self.cell = cell
+        self._window: torch.Tensor | None = None
+
+    def set_window(self, image: np.ndarray | None, window: tuple[slice, slice]) -> None:
+        """Selects the tile at ``window`` (``input_size`` px a side; ``image`` is unused)."""
+        side = self.model.input_size // self.cell
+        y = min(round(window[0].start / self.cell), self.embedding.shape[1] - side)
+        x = min(round(window[1].start / self.cell), self.embedding.shape[2] - side)
+        if y < 0 or x < 0:
+            raise ValueError(f"embedding {tuple(self.embedding.shape)} smaller than a tile")
+        self._window = self.embedding[None, :, y : y + side, x : x + side]
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        boxes: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N, S, S) and predicted IoU (N,) of prompts in the tile's pixels."""
+        if self._window is None:
+            raise RuntimeError("call set_window before predict")
+
+        def tensor(array: np.ndarray | None) -> torch.Tensor | None:
+            if array is None:
+                return None
+            return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device)
+
+        logits, iou = self.model.decode(
+            self._window,
+            boxes=tensor(boxes),
+            points=tensor(points),
+            point_labels=tensor(point_labels),
+        )
+        return torch.sigmoid(logits[:, 0]).float().cpu().numpy(), iou[:, 0].float().cpu().numpy()
 
 
 def tile_windows(height: int, width: int, tile: int, overlap: int = 0) -> list[tuple[int, int]]:

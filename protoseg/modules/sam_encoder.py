@@ -25,6 +25,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -55,6 +56,10 @@ class SamEncoderEmbedder(nn.Module):
         cache_dir: folder of cached embeddings; None keeps them in memory only.
         memory_items: embeddings held in memory (least recently used dropped first).
         unit: L2-normalise each embedding (for cosine similarities, e.g. prototypes).
+        grid: ``stride``: the embeddings resampled to one per ``stride`` px of the image;
+            ``native``: the encoder's own cells of the resized image (finer than ``stride``
+            where a small image was enlarged to the encoder's input; a batch's images have
+            one size, so they share the grid).
         mean: the normalisation mean the images come with, on [0, 1] RGB.
         std: the normalisation std.
 
@@ -73,6 +78,7 @@ class SamEncoderEmbedder(nn.Module):
         cache_dir: str | None = None,
         memory_items: int = 256,
         unit: bool = False,
+        grid: Literal["stride", "native"] = "stride",
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
@@ -81,11 +87,13 @@ class SamEncoderEmbedder(nn.Module):
             raise ValueError(f"scale must be in (0, 4], got {scale}")
         if tile_overlap < 0:
             raise ValueError(f"tile_overlap must be >= 0, got {tile_overlap}")
+        if grid not in ("stride", "native"):
+            raise ValueError(f"grid must be 'stride' or 'native', got {grid!r}")
         checkpoint = None if checkpoint is None else str(Path(checkpoint).resolve())
         cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
         self.checkpoint, self.scale, self.tile_overlap = checkpoint, scale, tile_overlap
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.memory_items, self.unit = memory_items, unit
+        self.memory_items, self.unit, self.grid = memory_items, unit, grid
         self.settings = EmbedderSettings(
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -94,6 +102,7 @@ class SamEncoderEmbedder(nn.Module):
                 "tile_overlap": tile_overlap,
                 "cache_dir": cache_dir,
                 "unit": unit,
+                "grid": grid,
                 "mean": list(mean),
                 "std": list(std),
             },
@@ -122,17 +131,25 @@ class SamEncoderEmbedder(nn.Module):
         return self._parts[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised -> (B, D, ceil(H / stride), ceil(W / stride)) float32."""
+        """(B, 3, H, W) normalised -> (B, D, ceil(H / stride), ceil(W / stride)) float32
+        (``grid: native``: (B, D, h, w), the encoder's cells)."""
         self.segmenter  # noqa: B018 - loaded first: its cell size sets the stride
-        rgb = ((images.detach().float() * self.std + self.mean).clamp(0, 1) * 255).round()
         height, width = images.shape[-2:]
         size = (-(-height // self.stride), -(-width // self.stride))
         out = []
-        for image in rgb.to(torch.uint8):
+        for image in self.pixels(images):
             native = self.embed(image)
-            out.append(F.interpolate(native[None], size=size, mode="bilinear")[0])
+            if self.grid == "stride":
+                native = F.interpolate(native[None], size=size, mode="bilinear")[0]
+            out.append(native)
         maps = torch.stack(out).to(images.device)
         return F.normalize(maps, dim=1) if self.unit else maps
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (B, 3, H, W) uint8 RGB, the pixels embedded (and
+        hashed: the same image gives the same key however it reached here)."""
+        rgb = (images.detach().float() * self.std + self.mean).clamp(0, 1) * 255
+        return rgb.round().to(torch.uint8)
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 RGB -> (D, h, w) float32 embeddings of the resized image's cells
@@ -145,7 +162,7 @@ class SamEncoderEmbedder(nn.Module):
         if file is not None and file.is_file():
             embedding = torch.from_numpy(np.load(file)).float()
         else:
-            embedding = self._encode(image)
+            embedding = self._encode(image).clone()  # a normal tensor, not an inference one
             if file is not None:
                 _save_npy_atomic(file, embedding.half().numpy())
         self._memory[key] = embedding

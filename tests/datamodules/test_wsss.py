@@ -132,6 +132,33 @@ def test_pseudo_masks_train_with_ignore(
     assert item["labels"].shape == (3,)
 
 
+def test_unaugmented_resized_views_repeat_exactly(
+    tmp_path: Path, make_wsss_root: Callable[..., Path]
+) -> None:
+    # A net on a frozen encoder's cached embeddings needs each image's view to be the same
+    # every time (train_view: resize, augment: false); augmented views differ.
+    root = make_wsss_root(tmp_path / "luad", "luad", n_train=1)
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    for path in (root / "training").glob("*.png"):
+        codes = np.full((48, 48), 2, np.uint8)
+        codes[:, :24] = 1
+        Image.fromarray(codes).save(pseudo / path.name)
+    plain = luad(
+        root, pseudo_mask_dir=str(pseudo), train_view="resize", crop_size=64, augment=False
+    )
+    plain.setup("fit")
+    first, second = plain.train_dataset[0], plain.train_dataset[1]
+    assert first["image"].shape == (3, 64, 64)
+    assert torch.equal(first["image"], second["image"])
+    assert torch.equal(first["target"], second["target"])
+    assert first["target"][:, :32].eq(1).all() and first["target"][:, 32:].eq(2).all()
+    augmented = luad(root, pseudo_mask_dir=str(pseudo), train_view="resize", crop_size=64)
+    augmented.setup("fit")
+    views = [augmented.train_dataset[i]["image"] for i in range(4)]
+    assert not all(torch.equal(views[0], view) for view in views[1:])
+
+
 def test_validation_folds_partition_the_masks(
     tmp_path: Path, make_wsss_root: Callable[..., Path]
 ) -> None:

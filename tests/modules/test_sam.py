@@ -12,6 +12,7 @@ from protoseg.io.errors import DataError
 from protoseg.modules import sam as sam_module
 from protoseg.modules.sam import (
     LITE_MEDSAM_SHA256,
+    EmbeddingPredictor,
     SamPredictor,
     checkpoint_model_type,
     lite_medsam_weights,
@@ -162,3 +163,31 @@ def test_a_standard_sam_vit_b_checkpoint_loads_by_path(tmp_path: Path) -> None:
     predictor.set_image(np.zeros((50, 70, 3), np.uint8))
     probs, _ = predictor.predict(boxes=np.array([[5.0, 5.0, 40.0, 30.0]]))
     assert probs.shape == (1, 50, 70)
+
+
+def test_embedding_predictor_decodes_cached_embeddings_as_the_predictor_does(
+    lite_medsam, monkeypatch
+) -> None:
+    # A 256 px image is one encoder tile: the embedder's cached cells decoded by the
+    # EmbeddingPredictor give SamPredictor's masks without encoding the image again.
+    from protoseg.modules import sam_encoder
+
+    monkeypatch.setattr(sam_encoder, "load_sam", lambda checkpoint=None: lite_medsam)
+    image = np.full((256, 256, 3), 235, np.uint8)
+    yy, xx = np.mgrid[:256, :256]
+    image[(yy - 120) ** 2 + (xx - 140) ** 2 < 40**2] = (90, 40, 120)
+    boxes = np.array([[95.0, 75.0, 185.0, 165.0], [10.0, 10.0, 60.0, 60.0]])
+    predictor = SamPredictor(lite_medsam)
+    predictor.set_image(image)
+    expected, expected_iou = predictor.predict(boxes=boxes)
+    embedder = sam_encoder.SamEncoderEmbedder(scale=1.0, grid="native")
+    embedding = embedder.embed(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+    assert embedding.shape == (256, 64, 64)
+    decoder = EmbeddingPredictor(lite_medsam, embedding, embedder.cell)
+    with pytest.raises(RuntimeError, match="set_window"):
+        decoder.predict(boxes=boxes)
+    decoder.set_window(None, (slice(0, 256), slice(0, 256)))
+    probs, iou = decoder.predict(boxes=boxes)
+    assert probs.shape == (2, 256, 256)
+    np.testing.assert_allclose(probs, expected, atol=1e-3)
+    np.testing.assert_allclose(iou, expected_iou, atol=1e-4)
