@@ -77,8 +77,8 @@ class BoxFiller:
     def __init__(self) -> None:
         self.tiles: list[tuple[int, int]] = []
 
-    def set_image(self, image: np.ndarray) -> None:
-        self.shape = image.shape[:2]
+    def set_window(self, image: np.ndarray, window: tuple[slice, slice]) -> None:
+        self.shape = image[window].shape[:2]
         self.tiles.append(self.shape)
 
     def predict(self, boxes=None, points=None, point_labels=None):
