@@ -325,7 +325,8 @@ def main() -> None:
         "predict_config": str((ROOT / HEAD_CONFIG).resolve()),
         "predict_command": f"protoseg predict --config {(ROOT / HEAD_CONFIG).resolve()} "
         f"--ckpt_path {checkpoint} --data.root DIR --output_dir OUT  (DIR/img/*.png)",
-        "kept_steps": ledger.kept,
+        # Steps whose records (and outputs) come from an earlier run with the same arguments.
+        "kept_steps": [*chain_result.get("steps_from_earlier_runs", []), *ledger.kept],
         "summary": summary_rows(
             pseudo_scores, head_scores, supervised_scores, colour_scores, chain_steps
         ),

@@ -104,3 +104,4 @@ def test_benchmark_runs_on_a_tiny_root(tmp_path: Path) -> None:
     )
     assert all(s["peak_rss_mib"] > 50 for s in result["stages"].values())
     assert [row["scored"] for row in result["summary"]] == ["held-out"] * 4
+    assert result["kept_steps"] == []  # a fresh run keeps nothing
