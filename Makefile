@@ -14,6 +14,7 @@ RESULTS := benchmarks/results
 .PHONY: help install test test-slow lint format quickstart bench-quickstart readme-table clean \
 	bench-monuseg-supervised \
 	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-monuseg-psm-holdout bench-postprocess bench-resolution \
+	bench-monuseg-psm-sweep bench-psm-sam bench-scale-estimate \
 	bench-wsi bench-ssl bench-wsss4luad-camsam bench-wsss4luad-prototypes \
 	sweep-ssl sweep-segment report
 
@@ -97,9 +98,27 @@ bench-monuseg-psm: ## Label-free chain (configs/chains/monuseg_psm.yaml) on the 
 	$(call chain,monuseg_psm,$(BENCH_PSM),monuseg_psm)
 	$(call predict_test,configs/psm/segment_monuseg.yaml,$(BENCH_PSM))
 
+BENCH_PSM_HOLDOUT := runs/bench_psm_holdout
 bench-monuseg-psm-holdout: ## Same chain on the seeded 24/6 split of bench-monuseg-supervised-holdout: every stage trains on 24 images, the figures are the 6 held out (<60 min, 2 CPU cores)
-	$(call chain,monuseg_psm,runs/bench_psm_holdout,monuseg_psm_holdout) \
+	$(call chain,monuseg_psm,$(BENCH_PSM_HOLDOUT),monuseg_psm_holdout) \
 		--data.init_args.val_fraction=0.2
+
+# The held-out chain's head (and the detector it holds) for the three benchmarks below.
+HOLDOUT_HEAD := $(BENCH_PSM_HOLDOUT)/segment/checkpoints/last.ckpt
+bench-monuseg-psm-sweep: ## The head's post-processing chosen on the 24 tuning images, frozen, quoted on the 6 held out (after bench-monuseg-psm-holdout; docs/nuclei.md)
+	$(BIN)/python benchmarks/psm_sweep.py --checkpoint $(HOLDOUT_HEAD) \
+		--data-root $(DATA)/monuseg/train --cache $(BENCH_PSM_HOLDOUT)/sweep_inputs \
+		--output $(RESULTS)/monuseg_psm_sweep.json
+
+bench-psm-sam: ## LiteMedSAM redraws the held-out head's nuclei from box prompts on the 24 tuning and 6 held-out images, with its seconds (after bench-monuseg-psm-holdout)
+	$(BIN)/python benchmarks/psm_sam.py --checkpoint $(HOLDOUT_HEAD) \
+		--data-root $(DATA)/monuseg/train --cache $(BENCH_PSM_HOLDOUT)/sweep_inputs \
+		--output $(RESULTS)/psm_sam.json
+
+bench-scale-estimate: ## The held-out head on the 6 held-out images resized by 0.5-2, read as they are and with image_mpp auto (after bench-monuseg-psm-holdout)
+	$(BIN)/python benchmarks/scale_estimate.py --checkpoint $(HOLDOUT_HEAD) \
+		--data-root $(DATA)/monuseg/train --precision 32-true \
+		--output $(RESULTS)/scale_estimate.json
 
 bench-quickstart: ## Time `make quickstart` (budget: 3 min on 2 CPU cores in float32: QUICKSTART_ARGS=--trainer.precision=32-true) into benchmarks/results/quickstart.json
 	$(BIN)/python benchmarks/quickstart.py --output $(RESULTS)/quickstart.json -- $(QUICKSTART_ARGS)
