@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     prototypes = Path(PROTOTYPES)
     prototype_chain = json.loads(prototypes.read_text()) if prototypes.is_file() else None
     figures: dict[str, Any] = {
+        # Written only after every stage ran (a failed stage stops the benchmark before).
+        "complete": True,
         "dataset": "WSSS4LUAD subset (41 training patches, image-level labels)",
         "validation_images": args.data_root + "/validation (31 images; masks only score)",
         "folds": {
