@@ -15,6 +15,7 @@ RESULTS := benchmarks/results
 	bench-monuseg-supervised \
 	bench-monuseg-supervised-holdout bench-monuseg-colour bench-monuseg-patchcontrast bench-monuseg-psm bench-monuseg-psm-holdout bench-postprocess bench-resolution \
 	bench-monuseg-psm-sweep bench-psm-sam bench-scale-estimate \
+	bench-psm-recipes \
 	bench-wsi bench-ssl bench-wsss4luad-camsam bench-wsss4luad-prototypes \
 	sweep-ssl sweep-segment report
 
@@ -133,6 +134,17 @@ bench-resolution: ## The PSM head on the 30 training images halved (20x): as the
 	$(BIN)/python benchmarks/resolution.py --data-root $(DATA)/monuseg/train \
 		--checkpoint $(BENCH_PSM)/segment/checkpoints/last.ckpt \
 		--run-dir runs/bench_resolution --output $(RESULTS)/resolution.json
+
+# The authors' Res2Net-101 in bench-psm-recipes: steps of 4 crops of PSM_AUTHORS_CROP px (their
+# code: ~2,700 steps of one 512 px crop; the config: 3,000 of 4 x 256 px). 80 x 128 px is what
+# 2 CPU cores shared by four engineers trained in an hour (docs/psm_recipes.md).
+PSM_AUTHORS_STEPS ?= 80
+PSM_AUTHORS_CROP ?= 128
+bench-psm-recipes: ## The PSM authors' recipe (configs/psm/monuseg_authors.yaml) beside ours and hematoxylin alone on the 30 training images' central 512 px (after bench-monuseg-psm; docs/psm_recipes.md)
+	$(BIN)/python benchmarks/psm_recipes.py --data-root $(DATA)/monuseg/train \
+		--fit-steps $(PSM_AUTHORS_STEPS) --run-dir runs/bench_psm_recipes \
+		--ours-masks $(BENCH_PSM)/pseudo_masks --output $(RESULTS)/monuseg_psm_recipes.json \
+		-- --data.crop_size=$(PSM_AUTHORS_CROP) --model.augment.init_args.size=$(PSM_AUTHORS_CROP)
 
 BENCH_CAMSAM := runs/bench_wsss4luad_camsam
 bench-wsss4luad-camsam: ## CAM + SAM chain on WSSS4LUAD (frozen LiteMedSAM encoder): classifier -> CAM and CAM+SAM pseudo masks -> a head on each, scored on the 31 validation images and the 21-image report fold (embeddings cached in runs/sam_embeddings; CHAIN_ACCELERATOR=gpu on a GPU)

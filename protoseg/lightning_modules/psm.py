@@ -41,8 +41,8 @@ pseudo masks, train a downstream network on them. Where the paper leaves a choic
   image turned by 180 degrees the same output (L1), and takes Grad-CAM of that output at
   ``layer1``; ``clustering="colour_prior"`` is their k-means of jet-coloured map plus RGB
   (:func:`~protoseg.modules.psm.colour_prior_mask`), objects under 200 px removed and holes
-  filled. ``configs/psm/monuseg_authors.yaml`` runs it; docs/label_free_experiments.md
-  compares the two.
+  filled. ``configs/psm/monuseg_authors.yaml`` runs it; docs/psm_recipes.md compares the
+  two.
 - **Multi-class detection**: cell centroids, classed by a k-means on per-cell mean DAB
   density into ``num_cell_classes`` (class 0 the least stained); for IHC (BCData)
   ``cue="density"`` makes brown and blue nuclei both cells.
