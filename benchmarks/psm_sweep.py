@@ -18,8 +18,8 @@ makes). Then, on the 24 tuning images only, labels choose:
 The choice is frozen in the JSON, then the shipped settings and the choice are quoted on the 6
 held-out images. Every evaluated setting, its tuning figures and the order of the decisions
 are in the JSON, with the rule's verdict (:func:`decide`): the choice replaces the shipped
-settings only when it gains at least the spread on the tuning images and the held-out images
-do not read it lower (they can veto a change, never pick one).
+settings only when it gains at least the spread on the tuning images. The held-out figures
+are reported beside the verdict and never consulted by it (not even as a veto).
 
     python benchmarks/psm_sweep.py \
         --checkpoint runs/bench_psm_holdout/segment/checkpoints/last.ckpt \
@@ -341,9 +341,9 @@ def decide(tuning: dict[str, dict], held_out: dict[str, dict], spread: float) ->
     """Whether the frozen choice replaces the shipped settings.
 
     It does when its AJI on the tuning images beats the shipped settings' by at least
-    ``spread`` (a smaller gain lies within the seed-to-seed spread of heads) and its AJI on the
-    held-out images is not lower than theirs. The held-out images only veto: they never pick
-    among settings.
+    ``spread`` (a smaller gain lies within the seed-to-seed spread of heads). The held-out
+    gain is reported, never consulted: a figure quoted on images that vetoed a choice would
+    no longer be held out.
 
     Args:
         tuning, held_out: ``{"shipped": scores, "chosen": scores}`` of each image set.
@@ -351,11 +351,11 @@ def decide(tuning: dict[str, dict], held_out: dict[str, dict], spread: float) ->
     """
     tuning_gain = round(tuning["chosen"]["aji"] - tuning["shipped"]["aji"], 4)
     held_out_gain = round(held_out["chosen"]["aji"] - held_out["shipped"]["aji"], 4)
-    ship = tuning_gain >= spread and held_out_gain >= 0.0
+    ship = tuning_gain >= spread
     return {
         "rule": (
-            "the choice ships when it gains >= spread AJI on the tuning images and does not "
-            "read lower on the held-out images"
+            "the choice ships when it gains >= spread AJI on the tuning images; the held-out "
+            "gain is reported, not consulted"
         ),
         "tuning_aji_gain": tuning_gain,
         "held_out_aji_gain": held_out_gain,
