@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
-from protoseg.io.images import read_rgb, write_bytes_atomic, write_png_atomic
+from protoseg.io.images import read_rgb, write_npy_atomic, write_png_atomic
 from protoseg.visualize import cam_picture
 
 
@@ -56,9 +55,7 @@ class CamWriter(Callback):
         if self.cam_dir is None:
             raise RuntimeError("CamWriter has no cam_dir: give one, or run it in a Trainer")
         target = self.cam_dir / f"{stem}.npy"
-        buffer = io.BytesIO()
-        np.save(buffer, cams.astype(np.float16))
-        write_bytes_atomic(target, buffer.getvalue())
+        write_npy_atomic(target, cams.astype(np.float16))
         if self.pictures and image_path is not None:
             picture = cam_picture(read_rgb(image_path), cams.astype(np.float32))
             write_png_atomic(self.cam_dir / f"{stem}.png", picture)

@@ -257,6 +257,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     _write_atomic(path, lambda handle: handle.write(data))
 
 
+def write_npy_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Writes an ``.npy`` array atomically (temporary file + rename), creating parent folders."""
+    _write_atomic(path, lambda handle: np.save(handle, array))
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Writes UTF-8 text atomically (temporary file + rename), creating parent folders."""
     write_bytes_atomic(path, text.encode("utf-8"))

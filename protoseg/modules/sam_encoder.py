@@ -21,8 +21,6 @@ keyed by the image's pixels, the settings and the weights. Stages that see the s
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from protoseg.io.images import write_npy_atomic
 from protoseg.io.prototype_files import EmbedderSettings
 from protoseg.modules.sam import LITE_MEDSAM_SHA256, PromptableSegmenter, load_sam
 from protoseg.modules.tiling import tile_starts
@@ -164,7 +163,7 @@ class SamEncoderEmbedder(nn.Module):
         else:
             embedding = self._encode(image).clone()  # a normal tensor, not an inference one
             if file is not None:
-                _save_npy_atomic(file, embedding.half().numpy())
+                write_npy_atomic(file, embedding.half().numpy())
         self._memory[key] = embedding
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
@@ -211,16 +210,3 @@ def _file_identity(path: str) -> str:
     would cost more than it guards)."""
     stat = Path(path).stat()
     return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside ``path``, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
