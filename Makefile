@@ -111,12 +111,12 @@ bench-monuseg-psm-sweep: ## The head's post-processing chosen on the 24 tuning i
 		--data-root $(DATA)/monuseg/train --cache $(BENCH_PSM_HOLDOUT)/sweep_inputs \
 		--output $(RESULTS)/monuseg_psm_sweep.json
 
-bench-psm-sam: ## LiteMedSAM redraws the held-out head's nuclei from box prompts on the 24 tuning and 6 held-out images, with its seconds (after bench-monuseg-psm-holdout)
+bench-psm-sam: ## LiteMedSAM redraws the held-out head's nuclei (split with the shipped post-processing) from box prompts on the 24 tuning and 6 held-out images, with its seconds and the tuning-only verdict (after bench-monuseg-psm-holdout)
 	$(BIN)/python benchmarks/psm_sam.py --checkpoint $(HOLDOUT_HEAD) \
 		--data-root $(DATA)/monuseg/train --cache $(BENCH_PSM_HOLDOUT)/sweep_inputs \
 		--output $(RESULTS)/psm_sam.json
 
-bench-scale-estimate: ## The held-out head on the 6 held-out images resized by 0.5-2, read as they are and with image_mpp auto (after bench-monuseg-psm-holdout)
+bench-scale-estimate: ## The held-out head (shipped post-processing) on the 6 held-out images resized by 0.5-2, read as they are and with image_mpp auto (after bench-monuseg-psm-holdout)
 	$(BIN)/python benchmarks/scale_estimate.py --checkpoint $(HOLDOUT_HEAD) \
 		--data-root $(DATA)/monuseg/train --precision 32-true \
 		--output $(RESULTS)/scale_estimate.json

@@ -93,3 +93,31 @@ def timed(function: Any, *args: Any, label: str | None = None, **kwargs: Any) ->
     if label is not None:
         print(f"benchmark: {label} in {seconds} s", flush=True)
     return result, seconds
+
+
+def shipped_postprocess(config: str | Path) -> dict[str, Any]:
+    """The post-processing a head's config ships: ``model.init_args.postprocess`` as
+    ``{"class_path", "init_args"}``, without the detector's file (a head's checkpoint carries
+    the detector's network itself).
+
+    A benchmark that reads a head trained before these settings were chosen (its checkpoint
+    stores the settings of its day) applies these over them, so its figures are those of the
+    shipped settings.
+
+    Raises:
+        DataError: ``config`` is missing or names no post-processing.
+    """
+    import yaml
+
+    path = Path(config)
+    try:
+        model = yaml.safe_load(path.read_text())["model"]
+        postprocess = model["init_args"]["postprocess"]
+        class_path = postprocess["class_path"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such config") from None
+    except (KeyError, TypeError, yaml.YAMLError):
+        raise DataError(f"{path}: names no model.init_args.postprocess.class_path") from None
+    init_args = dict(postprocess.get("init_args") or {})
+    init_args.pop("detector", None)
+    return {"class_path": class_path, "init_args": init_args}

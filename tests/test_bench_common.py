@@ -104,3 +104,18 @@ def test_a_rerun_empties_only_a_benchmarks_own_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=f"{mine}: --run-dir holds files of something else"):
         fresh_run_dir(mine)
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_shipped_postprocess_reads_the_configs_part_without_its_detector(tmp_path: Path) -> None:
+    from benchmarks.common import shipped_postprocess
+
+    shipped = shipped_postprocess(ROOT / "configs/psm/segment_monuseg.yaml")
+    assert shipped["class_path"].endswith(".CentreGuidedSplit")
+    assert "detector" not in shipped["init_args"]
+    assert shipped["init_args"]["outline_opening"] == 4
+    with pytest.raises(DataError, match="no such config"):
+        shipped_postprocess(tmp_path / "missing.yaml")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("model:\n  class_path: x\n")
+    with pytest.raises(DataError, match="bare.yaml: names no model.init_args.postprocess"):
+        shipped_postprocess(bare)

@@ -63,23 +63,81 @@ def test_sam_can_grow_an_object_inside_its_prompt_box() -> None:
     assert (refined > 0).sum() == 8 * 8
 
 
-def test_the_split_is_the_heads_own_or_the_one_the_sweep_ships(tmp_path) -> None:
+def test_the_split_is_the_configs_settings_over_the_heads_own(tmp_path) -> None:
     net = {"class_path": "torch.nn.Identity"}
+    guided = "protoseg.postprocess.centre_guided.CentreGuidedSplit"
     own = {
-        "class_path": "protoseg.postprocess.centre_guided.CentreGuidedSplit",
-        "init_args": {"centre_net": net, "outline_opening": 3},
+        "class_path": guided,
+        "init_args": {"centre_net": net, "outline_opening": 3, "min_peak_probability": 0.99},
     }
     checkpoint = tmp_path / "head.ckpt"
     torch.save({"hyper_parameters": {"postprocess": own}}, checkpoint)
-    assert split_settings(str(checkpoint), None, None) == own
-    chosen = {"class_path": own["class_path"], "init_args": {"outline_opening": 4}}
-    plain = {"class_path": "protoseg.postprocess.distance.DistanceSplit", "init_args": {}}
-    sweep = {"shipped": plain, "chosen": chosen, "decision": {"ships": "chosen"}}
-    # The detector's network comes from the head's checkpoint (the sweep's JSON leaves it out).
-    assert split_settings(str(checkpoint), sweep, None)["init_args"] == {
-        "outline_opening": 4,
-        "centre_net": net,
+    config = tmp_path / "head.yaml"
+    config.write_text(
+        "model:\n  init_args:\n    postprocess:\n"
+        f"      class_path: {guided}\n"
+        "      init_args:\n        detector: elsewhere.ckpt\n"
+        "        outline_opening: 4\n        min_peak_probability: null\n"
+    )
+    # The shipped settings win; the detector's network comes from the head's checkpoint.
+    assert split_settings(str(checkpoint), str(config)) == {
+        "class_path": guided,
+        "init_args": {"centre_net": net, "outline_opening": 4, "min_peak_probability": None},
     }
-    assert split_settings(str(checkpoint), sweep, "shipped") == plain
-    del sweep["decision"]  # a sweep of before the rule: its choice
-    assert split_settings(str(checkpoint), sweep, None)["init_args"]["outline_opening"] == 4
+    plain = "protoseg.postprocess.distance.DistanceSplit"
+    config.write_text(
+        f"model:\n  init_args:\n    postprocess:\n      class_path: {plain}\n"
+        "      init_args:\n        min_distance: 9\n"
+    )
+    # Another strategy: its own settings alone (a distance split reads no detector).
+    assert split_settings(str(checkpoint), str(config)) == {
+        "class_path": plain,
+        "init_args": {"min_distance": 9},
+    }
+
+
+def test_the_benchmark_writes_both_sets_and_the_tuning_only_verdict(
+    tiny_monuseg_root, tmp_path, monkeypatch
+) -> None:
+    import json
+    import sys
+
+    from benchmarks import psm_sam
+    from protoseg.datamodules.monuseg import find_records
+    from protoseg.io.images import read_instance_png
+
+    head = tmp_path / "head.ckpt"
+    own = {"class_path": "protoseg.postprocess.distance.DistanceSplit", "init_args": {}}
+    torch.save({"hyper_parameters": {"postprocess": own}}, head)
+    config = tmp_path / "head.yaml"
+    config.write_text(
+        "model:\n  init_args:\n    postprocess:\n"
+        "      class_path: protoseg.postprocess.distance.DistanceSplit\n"
+        "      init_args:\n        min_area: 3\n"
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for record in find_records(tiny_monuseg_root, "png"):
+        target = read_instance_png(record.label_path).astype(np.int32)
+        inside = (target > 0).astype(np.float32)
+        probs = np.stack([1 - inside, inside, np.zeros_like(inside)])
+        np.savez(cache / f"{record.stem}.npz", probs=probs, guide=np.zeros(1), target=target)
+    monkeypatch.setattr(psm_sam, "load_sam", lambda: None)
+    predictor = BoxPredictor(0.9, 3)
+    predictor.input_size = 128  # above the benchmark's 64 px overlap; one tile an image
+    monkeypatch.setattr(psm_sam, "SamPredictor", lambda model: predictor)
+    output = tmp_path / "sam.json"
+    argv = ["psm_sam.py", f"--checkpoint={head}", f"--cache={cache}", f"--config={config}"]
+    argv += [f"--data-root={tiny_monuseg_root}", "--val-fraction=0.34", f"--output={output}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    psm_sam.main()
+    result = json.loads(output.read_text())
+    assert result["split_settings"]["init_args"] == {"min_area": 3}
+    assert result["tuning"]["images"] + result["held_out"]["images"] == 3
+    for name in ("tuning", "held_out"):
+        assert set(result[name]["per_image"]) == set(result[f"{name}_images"])
+    # The stand-in fills each object's box: the round nuclei lose AJI, SAM stays off.
+    tuning = result["tuning"]
+    gain = round(tuning["sam_refined"]["aji"] - tuning["split"]["aji"], 4)
+    assert result["decision"]["tuning_aji_gain"] == gain < 0
+    assert result["decision"]["gains"] is False
