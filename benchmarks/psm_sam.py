@@ -44,6 +44,7 @@ from benchmarks.common import shipped_postprocess, write_result  # noqa: E402
 from benchmarks.psm_sweep import Inputs, Settings, decide, save_inputs  # noqa: E402
 from protoseg.datamodules.monuseg import find_records, split_stems  # noqa: E402
 from protoseg.io.checkpoints import read_checkpoint  # noqa: E402
+from protoseg.io.errors import reported  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.metrics.functional import nuclei_scores  # noqa: E402
@@ -276,4 +277,5 @@ def _clocked(total: list[float]) -> Iterator[None]:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # bad input: one line naming the file, status 2
+        main()

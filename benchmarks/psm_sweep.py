@@ -34,6 +34,7 @@ import copy
 import json
 import sys
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
 from protoseg.io.checkpoints import read_checkpoint  # noqa: E402
+from protoseg.io.errors import DataError, one_line, reported  # noqa: E402
 from protoseg.io.images import write_bytes_atomic  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.metrics.functional import nuclei_scores  # noqa: E402
@@ -164,10 +166,23 @@ class Inputs:
     (C, H, W) and the true instances (H, W)."""
 
     def __init__(self, path: Path) -> None:
-        with np.load(path) as saved:
-            self.probs = saved["probs"]
-            self.guide = saved["guide"]
-            self.target = saved["target"]
+        try:
+            with np.load(path) as saved:
+                self.probs = saved["probs"]
+                self.guide = saved["guide"]
+                self.target = saved["target"]
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such split-input file") from None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            raise DataError(
+                f"{path}: not a split-input file of benchmarks/psm_sweep.py ({one_line(error)}); "
+                "delete it and run again to save it anew"
+            ) from None
+        if self.probs.ndim != 3 or self.target.shape != self.probs.shape[1:]:
+            raise DataError(
+                f"{path}: probabilities {self.probs.shape} and instances {self.target.shape} "
+                "do not fit; delete it and run again to save it anew"
+            )
         self.stem = path.stem
 
 
@@ -435,4 +450,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # bad input: one line naming the file, status 2
+        main()

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import fresh_run_dir, shipped_postprocess, write_result  # noqa: E402
 from benchmarks.resolution import MODEL_MPP, predicted, scores, shrink_root  # noqa: E402
 from protoseg.datamodules.monuseg import find_records, split_stems  # noqa: E402
+from protoseg.io.errors import reported  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
 from protoseg.modules.scale import estimate_mpp  # noqa: E402
 
@@ -130,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # bad input: one line naming the file, status 2
+        main()

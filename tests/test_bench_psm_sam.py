@@ -141,3 +141,22 @@ def test_the_benchmark_writes_both_sets_and_the_tuning_only_verdict(
     gain = round(tuning["sam_refined"]["aji"] - tuning["split"]["aji"], 4)
     assert result["decision"]["tuning_aji_gain"] == gain < 0
     assert result["decision"]["gains"] is False
+
+
+def test_bad_input_ends_the_benchmark_with_one_line_naming_the_file(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from benchmarks.common import ROOT
+
+    head = tmp_path / "head.ckpt"
+    torch.save({"hyper_parameters": {"postprocess": {"class_path": "x", "init_args": {}}}}, head)
+    missing = tmp_path / "missing.yaml"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/psm_sam.py"), f"--checkpoint={head}"]
+        + [f"--cache={tmp_path}", f"--config={missing}"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"protoseg: error: {missing}: no such config"

@@ -137,3 +137,18 @@ def test_the_choice_ships_past_the_spread_on_the_tuning_images_whatever_the_held
     assert verdict["ships"] == ships
     assert verdict["tuning_aji_gain"] == pytest.approx(tuning_gain)
     assert verdict["held_out_aji_gain"] == pytest.approx(held_out_gain)
+
+
+def test_a_broken_split_input_file_is_named(tmp_path) -> None:
+    from benchmarks.psm_sweep import Inputs
+    from protoseg.io.errors import DataError
+
+    broken = tmp_path / "img.npz"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"img.npz: not a split-input file .*delete it"):
+        Inputs(broken)
+    np.savez(broken, probs=np.zeros((3, 4, 4)), guide=np.zeros(1), target=np.zeros((5, 4)))
+    with pytest.raises(DataError, match=r"img.npz: probabilities \(3, 4, 4\) and instances"):
+        Inputs(broken)
+    with pytest.raises(DataError, match="no such split-input file"):
+        Inputs(tmp_path / "none.npz")
