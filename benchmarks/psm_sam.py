@@ -44,7 +44,7 @@ from benchmarks.common import shipped_postprocess, write_result  # noqa: E402
 from benchmarks.psm_sweep import Inputs, Settings, decide, save_inputs  # noqa: E402
 from protoseg.datamodules.monuseg import find_records, split_stems  # noqa: E402
 from protoseg.io.checkpoints import read_checkpoint  # noqa: E402
-from protoseg.io.errors import reported  # noqa: E402
+from protoseg.io.errors import DataError, one_line, reported  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.metrics.functional import nuclei_scores  # noqa: E402
@@ -163,6 +163,11 @@ def main() -> None:
         "--spread", type=float, default=0.005, help="AJI gain on the tuning images to turn SAM on"
     )
     parser.add_argument("--output", default="benchmarks/results/psm_sam.json")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the images an earlier run of the same settings wrote to --output",
+    )
     args = parser.parse_args()
     if not Path(args.checkpoint).is_file():
         parser.error(f"{args.checkpoint}: no such checkpoint")
@@ -174,15 +179,8 @@ def main() -> None:
         [r.stem for r in records if r.label_path is not None], args.val_fraction, args.split_seed
     )
     sets = {"tuning": tuning, "held_out": held_out}
-    wanted = {stem for name in args.sets for stem in sets[name]}
-    save_inputs(args.checkpoint, args.data_root, args.cache, stems=wanted)
-    split = build_network(settings).detached()
-    predictor = SamPredictor(load_sam())
-    figures: dict[str, Any] = {}
-    for name in args.sets:
-        figures[name] = refine_set(sets[name], args, images, split, predictor)
     brief = {k: v for k, v in settings["init_args"].items() if k != "centre_net"}
-    result = {
+    header = {
         "benchmark": "psm_sam",
         "checkpoint": args.checkpoint,
         "split_settings": {"class_path": settings["class_path"], "init_args": brief},
@@ -197,74 +195,125 @@ def main() -> None:
         "margin": args.margin,
         "labels_used_for_training": False,
         "seconds_note": "wall seconds depend on the machine's load; CPU seconds (all threads) less",
-        **figures,
     }
-    if {"tuning", "held_out"} <= figures.keys():
+    done = earlier_images(Path(args.output), header) if args.resume else {}
+    wanted = {stem for name in args.sets for stem in sets[name]}
+    save_inputs(args.checkpoint, args.data_root, args.cache, stems=wanted)
+    split = build_network(settings).detached()
+    predictor = SamPredictor(load_sam())
+    per_image: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in args.sets}
+    for name in args.sets:
+        for stem in tqdm(sets[name], desc=name, unit="image"):
+            record = done.get(name, {}).get(stem)
+            if record is None:
+                inputs = Inputs(args.cache / f"{stem}.npz")
+                record = refine_image(inputs, read_rgb(images[stem]), split, predictor, args)
+            per_image[name][stem] = record
+            aji = {k: round(record[k]["aji"], 4) for k in ("split", "sam_refined")}
+            tqdm.write(
+                f"benchmark: {name} {stem}: AJI {aji}, SAM {record['sam_cpu_seconds']} CPU s"
+            )
+            resumed = sum(len(records) for records in done.values())
+            result = summary(header, per_image, sets, args.spread, resumed)
+            path = write_result(args.output, result)  # after each image: a cut run keeps them
+    brief_figures = {n: {k: result[n][k] for k in ("split", "sam_refined")} for n in args.sets}
+    print(f"wrote {path}: {json.dumps(brief_figures)}")
+
+
+def refine_image(
+    inputs: Inputs, image: np.ndarray, split: Any, predictor: SamPredictor, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One image split and refined: the scores of both, the object count and the seconds."""
+    split_clock, sam_clock = [0.0, 0.0], [0.0, 0.0]  # [wall, CPU] seconds
+    with _clocked(split_clock):
+        instances = split(inputs.probs, inputs.guide)
+    with _clocked(sam_clock):
+        better = sam_refine(
+            image, instances, predictor, args.margin, with_point=args.prompt == "box+point"
+        )
+    return {
+        "objects": int(instances.max()),
+        "split": nuclei_scores(instances, inputs.target),
+        "sam_refined": nuclei_scores(better, inputs.target),
+        "split_seconds": round(split_clock[0], 2),
+        "split_cpu_seconds": round(split_clock[1], 2),
+        "sam_seconds": round(sam_clock[0], 2),
+        "sam_cpu_seconds": round(sam_clock[1], 2),
+    }
+
+
+def summary(
+    header: dict[str, Any],
+    per_image: dict[str, dict[str, dict[str, Any]]],
+    sets: dict[str, list[str]],
+    spread: float,
+    resumed: int = 0,
+) -> dict[str, Any]:
+    """The results file's content: each set's mean scores and seconds per image over the
+    images done, ``complete`` once every image of the sets asked for is, and then (with
+    both sets) the tuning-only verdict."""
+    figures = {name: set_figures(records) for name, records in per_image.items() if records}
+    complete = all(len(records) == len(sets[name]) for name, records in per_image.items())
+    result = {**header, "complete": complete, "resumed_images": resumed, **figures}
+    if complete and {"tuning", "held_out"} <= figures.keys():
         pair = {
             name: {"shipped": figures[name]["split"], "chosen": figures[name]["sam_refined"]}
             for name in ("tuning", "held_out")
         }
-        verdict = decide(pair["tuning"], pair["held_out"], args.spread)
+        verdict = decide(pair["tuning"], pair["held_out"], spread)
         verdict["rule"] = (
             "SAM refinement is worth turning on when it gains >= spread AJI on the tuning "
             "images; the held-out gain is reported, not consulted"
         )
         verdict["gains"] = verdict.pop("ships") == "chosen"
         result["decision"] = verdict
-    path = write_result(args.output, result)
-    summary = {name: {k: figures[name][k] for k in ("split", "sam_refined")} for name in figures}
-    print(f"wrote {path}: {json.dumps(summary)}")
+    return result
 
 
-def refine_set(
-    stems: list[str],
-    args: argparse.Namespace,
-    images: dict[str, Path],
-    split: Any,
-    predictor: SamPredictor,
-) -> dict[str, Any]:
-    """Splits and refines ``stems``' images; mean scores of both, each image's AJI and object
-    counts, and the seconds of each step per image. Each image's figures are printed as it
-    ends (a run cut short still shows them)."""
-    plain, refined = NucleiMetrics(prefix=""), NucleiMetrics(prefix="")
-    clock = {"split": [0.0, 0.0], "sam": [0.0, 0.0]}  # [wall, CPU] seconds
-    per_image: dict[str, dict[str, Any]] = {}
-    for stem in tqdm(stems, unit="image"):
-        inputs = Inputs(args.cache / f"{stem}.npz")
-        with _clocked(clock["split"]):
-            instances = split(inputs.probs, inputs.guide)
-        before = nuclei_scores(instances, inputs.target)
-        image = read_rgb(images[stem])
-        sam_clock = [0.0, 0.0]
-        with _clocked(sam_clock):
-            better = sam_refine(
-                image, instances, predictor, args.margin, with_point=args.prompt == "box+point"
-            )
-        after = nuclei_scores(better, inputs.target)
-        plain.update(scores=[before])
-        refined.update(scores=[after])
-        clock["sam"] = [total + part for total, part in zip(clock["sam"], sam_clock, strict=True)]
-        per_image[stem] = {
-            "objects": int(instances.max()),
-            "split_aji": round(before["aji"], 4),
-            "sam_refined_aji": round(after["aji"], 4),
-            "sam_cpu_seconds": round(sam_clock[1], 1),
-        }
-        tqdm.write(f"benchmark: {stem}: {json.dumps(per_image[stem])}")
-    count = len(stems)
+def set_figures(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean scores (4 decimals) of the split and of SAM over ``records``' images, how many
+    images SAM improves (AJI), and the mean seconds of each step per image."""
+    means = {}
+    for key in ("split", "sam_refined"):
+        metric = NucleiMetrics(prefix="")
+        metric.update(scores=[record[key] for record in records.values()])
+        means[key] = {k: round(float(v), 4) for k, v in metric.compute().items()}
+    count = len(records)
+    seconds = {
+        f"{key}_per_image": round(sum(r[key] for r in records.values()) / count, 2)
+        for key in ("split_seconds", "split_cpu_seconds", "sam_seconds", "sam_cpu_seconds")
+    }
+    improves = sum(r["sam_refined"]["aji"] > r["split"]["aji"] for r in records.values())
     return {
         "images": count,
-        "split": {k: round(float(v), 4) for k, v in plain.compute().items()},
-        "sam_refined": {k: round(float(v), 4) for k, v in refined.compute().items()},
-        "images_sam_improves": sum(
-            r["sam_refined_aji"] > r["split_aji"] for r in per_image.values()
-        ),
-        "split_seconds_per_image": round(clock["split"][0] / count, 2),
-        "split_cpu_seconds_per_image": round(clock["split"][1] / count, 2),
-        "sam_seconds_per_image": round(clock["sam"][0] / count, 2),
-        "sam_cpu_seconds_per_image": round(clock["sam"][1] / count, 2),
-        "per_image": per_image,
+        **means,
+        "images_sam_improves": improves,
+        **seconds,
+        "per_image": records,
     }
+
+
+def earlier_images(output: Path, header: dict[str, Any]) -> dict[str, dict[str, dict]]:
+    """Per-image records of an earlier run's ``output`` (e.g. one cut short) whose settings
+    are ``header``'s (checkpoint, split settings, images, prompt, margin); none otherwise."""
+    if not output.is_file():
+        return {}
+    try:
+        earlier = json.loads(output.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{output}: cannot resume from it ({one_line(error)})") from None
+    same = ("checkpoint", "split_settings", "tuning_images", "held_out_images", "prompt", "margin")
+    if any(earlier.get(key) != header[key] for key in same):
+        print(f"benchmark: {output} holds another run's settings: not resumed", flush=True)
+        return {}
+    done = {
+        name: earlier[name]["per_image"]
+        for name in ("tuning", "held_out")
+        if isinstance(earlier.get(name), dict) and "per_image" in earlier[name]
+    }
+    count = sum(len(records) for records in done.values())
+    print(f"benchmark: resuming {count} images from {output}", flush=True)
+    return done
 
 
 @contextmanager

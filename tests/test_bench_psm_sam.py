@@ -141,6 +141,22 @@ def test_the_benchmark_writes_both_sets_and_the_tuning_only_verdict(
     gain = round(tuning["sam_refined"]["aji"] - tuning["split"]["aji"], 4)
     assert result["decision"]["tuning_aji_gain"] == gain < 0
     assert result["decision"]["gains"] is False
+    assert result["complete"] is True and result["resumed_images"] == 0
+
+    # A rerun with --resume keeps every image of the earlier file: SAM is not called again.
+    class Refuses(BoxPredictor):
+        def predict(self, boxes, points=None, point_labels=None):
+            raise AssertionError("resumed images must not be refined again")
+
+    refuses = Refuses(0.9, 3)
+    refuses.input_size = 128
+    monkeypatch.setattr(psm_sam, "SamPredictor", lambda model: refuses)
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    psm_sam.main()
+    again = json.loads(output.read_text())
+    assert again["resumed_images"] == 3
+    for name in ("tuning", "held_out"):
+        assert again[name]["sam_refined"] == result[name]["sam_refined"]
 
 
 def test_bad_input_ends_the_benchmark_with_one_line_naming_the_file(tmp_path) -> None:
