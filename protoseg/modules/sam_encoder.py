@@ -21,6 +21,7 @@ keyed by the image's pixels, the settings and the weights. Stages that see the s
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
@@ -158,9 +159,8 @@ class SamEncoderEmbedder(nn.Module):
             self._memory.move_to_end(key)
             return self._memory[key]
         file = None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
-        if file is not None and file.is_file():
-            embedding = torch.from_numpy(np.load(file)).float()
-        else:
+        embedding = None if file is None else self._cached(file, image.shape[-2:])
+        if embedding is None:
             embedding = self._encode(image).clone()  # a normal tensor, not an inference one
             if file is not None:
                 write_npy_atomic(file, embedding.half().numpy())
@@ -168,6 +168,33 @@ class SamEncoderEmbedder(nn.Module):
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
         return embedding
+
+    def grid_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(D, h, w) of the embeddings :meth:`embed` gives an image of ``height`` x ``width``."""
+        side, cell = self.segmenter.input_size, self.cell
+        resized = (max(side, round(height * self.scale)), max(side, round(width * self.scale)))
+        return (self.dim, -(-resized[0] // cell), -(-resized[1] // cell))
+
+    def _cached(self, file: Path, size: tuple[int, int]) -> torch.Tensor | None:
+        """The embeddings in ``file`` (float32), or None when there is none. A file that does
+        not read as this image's embeddings (truncated, not an .npy, another shape or dtype,
+        not finite) is named in a warning on stderr and computed again (then overwritten)."""
+        if not file.is_file():
+            return None
+        expected = self.grid_shape(*size)
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            problem = f"does not read as an .npy array ({error})"
+        else:
+            if array.dtype != np.float16 or array.shape != expected:
+                problem = f"holds {array.dtype} {array.shape}, not float16 {expected}"
+            elif not np.isfinite(array).all():
+                problem = "holds values that are not finite"
+            else:
+                return torch.from_numpy(array).float()
+        sys.stderr.write(f"protoseg: warning: {file}: cached embedding {problem}; recomputing\n")
+        return None
 
     @torch.inference_mode()
     def _encode(self, image: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,37 @@ def test_embeddings_are_cached_in_memory_and_on_disk(tiny_sam, tmp_path: Path) -
     again(normalised(other))
     SamEncoderEmbedder(scale=0.25, cache_dir=str(tmp_path / "cache"))(normalised(rgb))
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda f: f.write_bytes(f.read_bytes()[:100]), "does not read as an .npy array"),
+        (lambda f: f.write_text("not an array"), "does not read as an .npy array"),
+        (lambda f: np.save(f, np.zeros((256, 3, 3), np.float16)), "not float16 (256, 20, 20)"),
+        (lambda f: np.save(f, np.zeros((256, 20, 20), np.float32)), "holds float32"),
+        (lambda f: np.save(f, np.full((256, 20, 20), np.nan, np.float16)), "not finite"),
+    ],
+)
+def test_a_damaged_cache_file_is_named_and_recomputed(
+    tiny_sam, tmp_path: Path, capsys, damage, problem
+) -> None:
+    rgb = torch.randint(0, 256, (3, 80, 80), dtype=torch.uint8)
+    first = SamEncoderEmbedder(scale=1.0, cache_dir=str(tmp_path)).embed(rgb)
+    (file,) = tmp_path.glob("*.npy")
+    damage(file)
+    again = SamEncoderEmbedder(scale=1.0, cache_dir=str(tmp_path))
+    encoded = tiny_sam.image_encoder.tiles
+    second = again.embed(rgb)
+    assert tiny_sam.image_encoder.tiles > encoded  # computed again
+    torch.testing.assert_close(first, second)
+    message = capsys.readouterr().err
+    assert f"protoseg: warning: {file}: cached embedding" in message and problem in message
+    assert message.strip().endswith("recomputing")
+    # The file is whole again: a third embedder reads it without a word.
+    SamEncoderEmbedder(scale=1.0, cache_dir=str(tmp_path)).embed(rgb)
+    assert capsys.readouterr().err == ""
+    assert np.load(file).shape == (256, 20, 20)
 
 
 def test_unit_embeddings_and_settings(tiny_sam, tmp_path: Path) -> None:
