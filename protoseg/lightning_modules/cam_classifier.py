@@ -3,7 +3,7 @@ activation maps are the first pseudo masks of the CAM + SAM chain (EP-SAM / EPLC
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -52,6 +52,13 @@ class CAMClassifierModule(L.LightningModule):
         background_brightness: darkest-channel value from which a pixel is glass
             (:func:`~protoseg.modules.cam.bright_background`).
         min_score: CAM below which a pixel is unsure in the CAM pseudo mask.
+        label_threshold: class probability from which an image without a given label
+            (``protoseg predict`` of new images) is predicted to hold a class; its most
+            probable class always (0.5 by default; the CAM + SAM chain's value was chosen on
+            a tuning fold of WSSS4LUAD, docs/cam_sam.md). Also ``val/f1``'s threshold.
+        val_labels: the image-level label of the validation CAM pseudo masks: ``given``
+            (the classes of each image's mask: the pseudo masks of labelled images) or
+            ``predicted`` (the classifier's own, as ``predict`` does for new images).
         num_log_images: validation images drawn to TensorBoard each epoch.
         normalization: the datamodule's mean and std (to draw images).
     """
@@ -65,12 +72,18 @@ class CAMClassifierModule(L.LightningModule):
         val_rotations: int = 1,
         background_brightness: float = 200.0,
         min_score: float = 0.0,
+        label_threshold: float = 0.5,
+        val_labels: Literal["given", "predicted"] = "given",
         num_log_images: int = 4,
         normalization: Normalization = IMAGENET_NORMALIZATION,
     ) -> None:
         super().__init__()
         if net.num_classes != len(class_names):
             raise ValueError(f"net has {net.num_classes} classes, class_names {len(class_names)}")
+        if not 0.0 <= label_threshold < 1.0:
+            raise ValueError(f"label_threshold must be in [0, 1), got {label_threshold}")
+        if val_labels not in ("given", "predicted"):
+            raise ValueError(f"val_labels must be 'given' or 'predicted', got {val_labels!r}")
         save_init_hyperparameters(self)
         self.net = net
         self.class_names = tuple(class_names)
@@ -105,7 +118,7 @@ class CAMClassifierModule(L.LightningModule):
         Args:
             image_tensor: (1, 3, H, W) normalised.
             labels: (K,) 0/1 image-level label, or None: the classifier's own prediction
-                (probability > 0.5, and at least its most probable class).
+                (:meth:`predicted_labels`).
             rotations: turns averaged.
 
         Returns:
@@ -114,8 +127,7 @@ class CAMClassifierModule(L.LightningModule):
         """
         cams = self.cams(image_tensor, rotations)[0].float().cpu().numpy()
         if labels is None:
-            probs = self.net(image_tensor)[0].sigmoid()[0].float().cpu().numpy()
-            present = (probs > 0.5) | (probs == probs.max())
+            present = self.predicted_labels(image_tensor)[0]
         else:
             present = labels.cpu().numpy() > 0.5
         image = batch_rgb({"image": image_tensor}, self.hparams.normalization)[0]
@@ -123,16 +135,23 @@ class CAMClassifierModule(L.LightningModule):
         classes = cam_class_map(cams, present, background, self.hparams.min_score)
         return classes, cams, present, image
 
+    def predicted_labels(self, images: torch.Tensor) -> np.ndarray:
+        """(B, K) bool image-level labels the classifier predicts for whole images: class
+        probability above ``label_threshold``, and each image's most probable class."""
+        probs = self.net(images)[0].sigmoid().float().cpu().numpy()
+        return (probs > self.hparams.label_threshold) | (probs == probs.max(1, keepdims=True))
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits, _ = self.net(batch["image"])
-        predicted = logits.sigmoid() > 0.5
+        predicted = logits.sigmoid() > self.hparams.label_threshold
         truth = batch["labels"] > 0.5
         counts = torch.stack(
             [(predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()]
         )
         self._f1_counts += counts.float().cpu()
+        given = batch["labels"][0] if self.hparams.val_labels == "given" else None
         classes, cams, _, image = self.cam_pseudo_mask(
-            batch["image"][:1], batch["labels"][0], self.hparams.val_rotations
+            batch["image"][:1], given, self.hparams.val_rotations
         )
         self.val_metrics.update(torch.from_numpy(classes), batch["mask"][0].cpu())
         if batch_idx < self.hparams.num_log_images:
