@@ -11,6 +11,10 @@ image's classes; glass by brightness). The same embeddings prompt SAM's mask dec
 box per CAM region (EPLC-SAM's agreement filter at ``min_overlap``; optionally only where the
 CAM's margin between its two best classes is below ``margin``).
 
+The embeddings are protoseg's :class:`~protoseg.modules.sam_encoder.SamEncoderEmbedder`'s
+(``grid: native``), read from its cache (``--embedding-cache``, the folder the chain's
+benchmark fills; an image embedded there is not encoded again).
+
 Every setting is chosen on a tuning fold of the validation images (``--tune``, default the
 10 images 00 01 02 05 06 08 12 14 18 25) and reported on the other 21 (the report fold; the
 31 together for reference). Then the chosen CAM (and CAM + SAM) pseudo masks of the 41
@@ -41,52 +45,22 @@ from protoseg.io.images import read_code_png, read_rgb, write_text_atomic
 from protoseg.metrics.tissue import scored_confusion, tissue_scores
 from protoseg.modules.cam import bright_background
 from protoseg.modules.cam_sam import agrees, cam_class_map, combine_sam_masks, region_boxes
-from protoseg.modules.sam import load_sam
+from protoseg.modules.sam_encoder import SamEncoderEmbedder
+from protoseg.modules.tiling import tile_starts
 
 CLASSES = ("tumor", "stroma", "normal")
 PALETTE = ((0, 64, 128), (64, 128, 0), (243, 152, 0), (255, 255, 255))
 TUNE = "00 01 02 05 06 08 12 14 18 25"
-TILE, STRIDE, CELL = 256, 192, 4  # encoder input, tile step, px of the tile per embedding
+# The encoder's input and tile step (SamEncoderEmbedder's 64 px overlap), px of the tile per
+# embedding: SAM decodes each tile's cells as they were encoded.
+TILE, STRIDE, CELL = 256, 192, 4
 HEAD = "configs/wsss4luad/segment.yaml"  # the U-Net head this study trained
 
 
-def embed(encoder: torch.nn.Module, image: np.ndarray, scale: float) -> torch.Tensor:
-    """(256, h/4, w/4) float32 embeddings of an image resized by ``scale`` (to at least 256 px
-    a side), 256 px tiles each min-max scaled as LiteMedSAM was trained, overlaps averaged."""
-    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    height = max(TILE, round(image.shape[0] * scale))
-    width = max(TILE, round(image.shape[1] * scale))
-    pixels = F.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True)
-
-    total = torch.zeros(256, height // CELL + 1, width // CELL + 1)
-    count = torch.zeros(1, *total.shape[1:])
-    side = TILE // CELL
-    with torch.inference_mode():
-        for y in tile_starts(height):
-            tiles = []
-            xs = tile_starts(width)
-            for x in xs:
-                tile = pixels[:, :, y : y + TILE, x : x + TILE]
-                low, high = tile.amin(), tile.amax()
-                tiles.append((tile - low) / (high - low).clamp_min(1e-8))
-            for x, feature in zip(xs, encoder(torch.cat(tiles)), strict=True):
-                cells = (slice(None), slice(y // CELL, y // CELL + side))
-                cells += (slice(x // CELL, x // CELL + side),)
-                total[cells] += feature
-                count[cells] += 1
-    return (total / count.clamp_min(1))[:, : height // CELL, : width // CELL].clone()
-
-
-def cached_embeddings(encoder: torch.nn.Module, paths: list[Path], folder: Path, scale: float):
-    """Embeddings of every path, computed once into ``folder`` (float16 .npy)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for path in paths:
-        file = folder / f"{path.parent.name}_{path.stem}.npy"
-        if not file.is_file():
-            np.save(file, embed(encoder, read_rgb(path), scale).half().numpy())
-        out[path] = torch.from_numpy(np.load(file)).float()
-    return out
+def embeddings(embedder: SamEncoderEmbedder, paths: list[Path]) -> dict[Path, torch.Tensor]:
+    """(256, h, w) float32 embeddings of each image as it is (the encoder's cells of the image
+    resized by the embedder's scale), from the embedder's cache when it holds them."""
+    return {p: embedder.embed(torch.from_numpy(read_rgb(p)).permute(2, 0, 1)) for p in paths}
 
 
 def train_head(
@@ -139,12 +113,6 @@ def pseudo_mask(probs: np.ndarray, present: np.ndarray, image: np.ndarray) -> np
     return cam_class_map(probs, present, bright_background(image, 200.0), min_score=0.0)
 
 
-def tile_starts(side: int) -> list[int]:
-    """Starts of the 256 px tiles along a side of at least 256 px (step 192, last flush)."""
-    steps = list(range(0, side - TILE + 1, STRIDE))
-    return steps if steps[-1] == side - TILE else [*steps, side - TILE]
-
-
 @torch.no_grad()
 def sam_masks(
     sam: Any, feat: torch.Tensor, classes: np.ndarray, present: np.ndarray
@@ -159,7 +127,8 @@ def sam_masks(
     side = TILE // CELL
     out = []
     for k in np.flatnonzero(present) if present.sum() > 1 else []:
-        for y, x in itertools.product(tile_starts(scaled[0]), tile_starts(scaled[1])):
+        starts = [tile_starts(side, TILE, STRIDE) for side in scaled]
+        for y, x in itertools.product(*starts):
             window = (slice(y, y + TILE), slice(x, x + TILE))
             cam_mask = small[window] == k
             boxes, _ = region_boxes(cam_mask, min_area=64)
@@ -216,18 +185,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="benchmarks/results/wsss4luad_encoder_cam.json")
     parser.add_argument("--tune", default=TUNE, help="validation stems settings are chosen on")
     parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument(
+        "--embedding-cache",
+        default="runs/sam_embeddings",
+        help="SamEncoderEmbedder's cache folder (the chain's benchmark fills the same one)",
+    )
     parser.add_argument("--steps", type=int, default=300, help="class layer's steps")
     parser.add_argument("--head-steps", type=int, default=200, help="semantic head's steps")
     parser.add_argument("--accelerator", default="cpu")
     args = parser.parse_args(argv)
     root, run_dir = Path(args.data_root), Path(args.run_dir)
     start = time.perf_counter()
-    sam = load_sam().eval()
+    embedder = SamEncoderEmbedder(scale=args.scale, cache_dir=args.embedding_cache, grid="native")
+    sam = embedder.segmenter
     train_paths = sorted((root / "training").glob("*.png"))
     val_paths = sorted((root / "validation" / "img").glob("*.png"))
-    feats = cached_embeddings(
-        sam.image_encoder, train_paths + val_paths, run_dir / f"embeddings_{args.scale}", args.scale
-    )
+    feats = embeddings(embedder, train_paths + val_paths)
     embed_seconds = round(time.perf_counter() - start, 1)
     labels = torch.tensor([parse_image_label(p, len(CLASSES)) for p in train_paths]).float()
     truth = {p.stem: read_code_png(root / "validation" / "mask" / p.name) for p in val_paths}
