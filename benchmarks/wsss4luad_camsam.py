@@ -44,20 +44,24 @@ TUNE = ("00", "01", "02", "05", "06", "08", "12", "14", "18", "25")
 #: The scored sets: name -> validation stems left out.
 FOLDS = {"all_31": (), "report_fold": TUNE}
 EMBEDDER = "--model.init_args.net.init_args.embedder.init_args.cache_dir"
-# The chain whose head is the benchmark's answer (its checkpoint is scored on the held-back
-# test images), fixed before any figure was seen: the issue's method.
-ANSWER = "cam_sam"
+STUDY = "benchmarks.wsss4luad_camsam_predict"
 
 
 def run_stage(name: str, command: str, args: list[str], run_dir: Path) -> dict[str, Any]:
     """Runs ``protoseg COMMAND ARGS`` in a child process; its metrics, wall time and peak
     resident memory (``os.wait4``: this child's own)."""
     out = run_dir / "stages" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "benchmarks.stage_process", str(out), command, *args]
+    argv = ["-m", "benchmarks.stage_process", str(out), command, *args]
     print(f"benchmark: {name}: protoseg {command} {' '.join(args)}", flush=True)
+    return run_child(name, argv, out)
+
+
+def run_child(name: str, argv: list[str], out: Path) -> dict[str, Any]:
+    """Runs ``python ARGV`` (which writes its record to ``out``) in a child process; the record
+    with the child's wall time and peak resident memory."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    child = subprocess.Popen(argv)
+    child = subprocess.Popen([sys.executable, *argv])
     _, status, usage = os.wait4(child.pid, 0)
     seconds = round(time.perf_counter() - start, 1)
     code = os.waitstatus_to_exitcode(status)
@@ -73,6 +77,12 @@ def run_stage(name: str, command: str, args: list[str], run_dir: Path) -> dict[s
 def exclude_arg(stems: tuple[str, ...]) -> list[str]:
     """``--data.val_exclude`` of validation stems (quoted: ``00`` is a name, not a number)."""
     return [f"--data.val_exclude=[{', '.join(json.dumps(s) for s in stems)}]"] if stems else []
+
+
+def tuning_exclude(data_root: str) -> tuple[str, ...]:
+    """The validation stems outside :data:`TUNE` (left out to score the tuning fold)."""
+    stems = sorted(p.stem for p in (Path(data_root) / "validation" / "img").glob("*.png"))
+    return tuple(s for s in stems if s not in TUNE)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,11 +137,13 @@ def main(argv: list[str] | None = None) -> None:
             *([] if steps is None else [f"--trainer.max_steps={steps}"]),
         ]
 
-    def scored(name: str, stage_args: list[str]) -> dict[str, dict[str, Any]]:
-        """A validate stage on each fold of :data:`FOLDS`."""
+    def scored(
+        name: str, stage_args: list[str], folds: dict[str, tuple[str, ...]] = FOLDS
+    ) -> dict[str, dict[str, Any]]:
+        """A validate stage on each fold of ``folds``."""
         return {
             fold: stage(f"{name} [{fold}]", "validate", [*stage_args, *exclude_arg(left_out)])
-            for fold, left_out in FOLDS.items()
+            for fold, left_out in folds.items()
         }
 
     classifier_dir = run_dir / "classifier"
@@ -175,6 +187,45 @@ def main(argv: list[str] | None = None) -> None:
             "checkpoint": str(ckpt.resolve()),
         }
 
+    # The answer for a new image (no label): the classifier's CAMs on the classes it predicts
+    # (CAMClassifierModule's predict; label_threshold and val_rotations of its config), as
+    # protoseg validates it, on the tuning fold (where the label-free alternatives were
+    # compared, below) and the scored folds.
+    classifier_ckpt_path = classifier_dir / "checkpoints" / "last.ckpt"
+    label_free_dir = run_dir / "label_free"
+    label_free = scored(
+        "cam label-free predictions validation",
+        [
+            f"--config={CLASSIFIER}",
+            cache,
+            f"--ckpt_path={classifier_ckpt_path}",
+            "--model.init_args.val_labels=predicted",
+            f"--trainer.default_root_dir={label_free_dir}",
+            f"--trainer.logger.init_args.save_dir={label_free_dir}",
+            f"--trainer.callbacks.init_args.dirpath={label_free_dir}/checkpoints",
+        ],
+        {"tuning": tuning_exclude(args.data_root), **FOLDS},
+    )
+    # The label-free alternatives side by side (benchmarks/wsss4luad_camsam_predict.py): the
+    # CAMs gated by predicted labels at each threshold, each head alone and gated.
+    study_out = run_dir / "label_free_study.json"
+    if "label-free study" not in ledger:
+        study_argv = [
+            "-m",
+            STUDY,
+            f"--data-root={args.data_root}",
+            f"--classifier={classifier_ckpt_path}",
+            "--rotations",
+            "1",
+            "4",
+            *(f"--head={v}={heads[v]['checkpoint']}" for v in variants),
+            f"--output={study_out}",
+        ]
+        print(f"benchmark: label-free study: python {' '.join(study_argv)}", flush=True)
+        ledger["label-free study"] = run_child("label-free study", study_argv, study_out)
+        write_text_atomic(ledger_path, json.dumps(ledger, indent=2) + "\n")
+    study = ledger["label-free study"]
+
     def scores(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
         return {
             fold: rounded(
@@ -213,6 +264,15 @@ def main(argv: list[str] | None = None) -> None:
         "cam_sam_pseudo_masks": scores(pseudo["cam_sam"]),
         "head_on_cam": scores(heads["cam"]["scores"]),
         "head_on_cam_sam": scores(heads["cam_sam"]["scores"]),
+        "cam_label_free_predictions": scores(label_free),
+        "label_free_study": {
+            "file": str(study_out),
+            "chosen_on_tuning_fold": study["chosen_on_tuning_fold"],
+            "miou": {
+                method: {fold: s["miou"] for fold, s in folds.items()}
+                for method, folds in study["scores"].items()
+            },
+        },
         "prototype_chain": None
         if prototype_chain is None
         else {
@@ -228,12 +288,18 @@ def main(argv: list[str] | None = None) -> None:
         },
         "stages": {name: cost(record) for name, record in ledger.items()},
         "chain_wall_seconds": round(sum(r["wall_seconds"] for r in ledger.values()), 1),
-        "checkpoint": heads[ANSWER]["checkpoint"],
-        "predict_config": HEAD,
+        # The answer scored on the held-back test images: the label-free CAMs (the heads'
+        # checkpoints: heads.*).
+        "answer": "the classifier's CAMs on the image-level labels it predicts (no label "
+        "read at test time)",
+        "checkpoint": str(classifier_ckpt_path.resolve()),
+        "predict_config": CLASSIFIER,
         "predict_command": (
-            f"protoseg predict --config {HEAD} --ckpt_path {heads[ANSWER]['checkpoint']} "
-            "--data.root DIR --output_dir OUT  # DIR holds img/ (or images/)"
+            f"protoseg predict --config {CLASSIFIER} --ckpt_path "
+            f"{classifier_ckpt_path.resolve()} --data.root DIR --output_dir OUT  "
+            "# DIR holds img/ (or images/)"
         ),
+        "heads": {v: {"checkpoint": heads[v]["checkpoint"], "predict_config": HEAD} for v in heads},
     }
     figures["summary"] = summary_rows(figures)
     print(
@@ -245,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
                     "cam_sam_pseudo_masks",
                     "head_on_cam",
                     "head_on_cam_sam",
+                    "cam_label_free_predictions",
                 )
             },
             indent=2,
@@ -265,12 +332,19 @@ def summary_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
     for name, key, steps in (
         ("CAM pseudo masks (frozen LiteMedSAM encoder + class layer)", "cam_pseudo_masks", ()),
         ("CAM + LiteMedSAM pseudo masks (EPLC-SAM filter)", "cam_sam_pseudo_masks", ()),
-        ("CAM + SAM chain (pseudo masks -> frozen-encoder head)", "head_on_cam_sam", ("cam_sam",)),
+        (
+            "CAM + SAM chain's answer: CAMs on predicted image labels (no label at test time)",
+            "cam_label_free_predictions",
+            ("cam label-free predictions validation [report_fold]",),
+        ),
+        (
+            "frozen-encoder head on the CAM + SAM pseudo masks",
+            "head_on_cam_sam",
+            ("cam_sam pseudo masks", "cam_sam head fit"),
+        ),
     ):
         metrics = figures[key].get("report_fold")
-        names = ["classifier fit"] + [
-            n for v in steps for n in (f"{v} pseudo masks", f"{v} head fit")
-        ]
+        names = ["classifier fit", *steps]
         rows.append(
             summary_row(
                 name,
