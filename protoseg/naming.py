@@ -12,7 +12,6 @@ less pure, are named ``ignore``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from protoseg.datamodules.wsss import TissueImageStore, find_masked_records
 from protoseg.io.errors import DataError
+from protoseg.io.outputs import check_output_file
 from protoseg.io.prototype_files import IGNORE, Clusters, load_clusters, write_names
 from protoseg.modules.prototypes import (
     build_embedder,
@@ -32,6 +32,7 @@ from protoseg.modules.prototypes import (
     pad_to_stride,
     window_mean,
 )
+from protoseg.usage import ToolParser
 
 
 def patch_classes(indices: np.ndarray, stride: int, window: int, num_classes: int) -> np.ndarray:
@@ -97,8 +98,14 @@ def simulated_names(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``protoseg name-clusters --clusters FILE --root SPLIT --images STEM ... --output FILE``."""
-    parser = argparse.ArgumentParser(
+    """``protoseg name-clusters --clusters FILE --root SPLIT --images STEM ... --output FILE``.
+
+    Raises:
+        DataError: naming the file or option: unreadable clusters, a split without the named
+            images' masks, ``--exemplars`` < 1, ``--purity`` outside (0, 1], or an output
+            that is a folder or the clusters file.
+    """
+    parser = ToolParser(
         prog="protoseg name-clusters",
         description="Name the clusters of a prototype stage from the masks of a few annotated "
         "images (a simulated pathologist); writes the gallery's names.json format.",
@@ -116,11 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--purity", type=float, default=0.8, help="least share of one class")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     args.images = [stem for value in args.images for stem in value.replace(",", " ").split()]
-    try:
-        clusters = load_clusters(args.clusters)
-        embeddings, classes = annotated_patches(clusters, Path(args.root), args.images)
-    except DataError as error:
-        parser.error(str(error))
+    if args.exemplars < 1:
+        parser.error(f"--exemplars {args.exemplars}: need at least 1 patch per cluster")
+    if not 0 < args.purity <= 1:
+        parser.error(f"--purity {args.purity}: a share of patches, in (0, 1]")
+    if not args.images:
+        parser.error("--images: no image stem given")
+    check_output_file(args.output, [args.clusters], "--output")
+    clusters = load_clusters(args.clusters)
+    embeddings, classes = annotated_patches(clusters, Path(args.root), args.images)
     names = simulated_names(clusters, embeddings, classes, args.exemplars, args.purity)
     named = sum(name != IGNORE for name in names.values())
     info: dict[str, Any] = {

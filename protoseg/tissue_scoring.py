@@ -6,7 +6,6 @@ image, background pixels left out, unsure (255) predictions counted as misses.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,9 @@ from protoseg.datamodules.wsss import TissueImageStore, find_masked_records
 from protoseg.io.class_maps import TissueClasses, read_class_map
 from protoseg.io.errors import DataError
 from protoseg.io.images import write_text_atomic
+from protoseg.io.outputs import check_output_file
 from protoseg.metrics.tissue import scored_confusion, tissue_scores
+from protoseg.usage import ToolParser
 
 
 def score_class_maps(
@@ -45,6 +46,8 @@ def score_class_maps(
     Raises:
         DataError: a missing prediction, mask or image, or a prediction of another size.
     """
+    if not Path(predictions).is_dir():
+        raise DataError(f"{predictions}: predictions folder does not exist")
     records = {r.stem: r for r in find_masked_records(Path(root))}
     chosen = sorted(records) if stems is None else list(stems)
     store = TissueImageStore(classes)
@@ -69,7 +72,7 @@ def score_class_maps(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``protoseg score-tissue --predictions DIR --root SPLIT [--images STEM ...]``."""
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="protoseg score-tissue",
         description="Score predicted tissue class maps (<stem>.png of class codes) against "
         "the masks of a split (img/, mask/): per-class IoU, mIoU, FwIoU, pixel accuracy.",
@@ -82,11 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="JSON file of the figures")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     background = None if args.background_code < 0 else args.background_code
-    classes = TissueClasses(tuple(args.class_names), background_code=background)
     try:
-        result = score_class_maps(args.predictions, args.root, classes, args.images)
-    except DataError as error:
-        parser.error(str(error))
+        classes = TissueClasses(tuple(args.class_names), background_code=background)
+    except ValueError as error:
+        parser.error(f"--class-names / --background-code: {error}")
+    if args.output is not None:
+        check_output_file(args.output, [args.predictions, args.root], "--output")
+    result = score_class_maps(args.predictions, args.root, classes, args.images)
     keys = [f"iou_{n}" for n in classes.names] + ["miou", "fwiou", "pixel_accuracy", "coverage"]
     print("| images | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")

@@ -462,7 +462,8 @@ class WSSSDataModule(L.LightningDataModule):
             return records
         folder = Path(hp.pseudo_mask_dir)
         if not folder.is_dir():
-            raise DataError(f"{folder}: pseudo-mask folder does not exist")
+            problem = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DataError(f"{folder}: pseudo-mask folder {problem}")
         paired = []
         for record in records:
             mask = folder / f"{record.stem}.png"
@@ -489,7 +490,12 @@ class WSSSDataModule(L.LightningDataModule):
     # --- Lightning hooks -----------------------------------------------------------------
 
     def _class_images(self, records: list[TissueRecord]) -> list[list[int]]:
-        """Per class that some record holds, the indices of the records holding it."""
+        """Per class that some record holds, the indices of the records holding it.
+
+        Raises:
+            DataError: naming the labels' source (the training folder, or the pseudo-mask
+                folder) when no record holds any class: there is nothing to balance.
+        """
         count = len(self.classes.names)
         held = []
         for record in records:
@@ -499,6 +505,20 @@ class WSSSDataModule(L.LightningDataModule):
                 labels = np.zeros(count) if indices is None else present_labels(indices, count)
             held.append(np.asarray(labels, bool))
         by_class = [[i for i, h in enumerate(held) if h[c]] for c in range(count)]
+        first = records[0]
+        by_name = first.labels is not None or first.mask_path is None
+        source = (first.image_path if by_name else first.mask_path).parent
+        if not any(by_class):
+            raise DataError(
+                f"{source}: balance_classes: no training image holds any of the classes "
+                f"{', '.join(self.classes.names)} (by its name's label or its mask)"
+            )
+        absent = [n for n, images in zip(self.classes.names, by_class, strict=True) if not images]
+        if absent:
+            rank_zero_warn(
+                f"{source}: balance_classes: no training image holds {', '.join(absent)}; "
+                "the draw balances the other classes"
+            )
         return [images for images in by_class if images]
 
     def setup(self, stage: str) -> None:

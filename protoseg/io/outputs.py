@@ -1,9 +1,11 @@
 """Where protoseg may write: never into, over or around what it reads, never over a stranger's file.
 
-Two rules, each one function, used by every command that writes:
+Three rules, each one function, used by every command that writes:
 
 - :func:`check_output_folder`: an output folder may not be a file, unwritable, or be, lie
   inside or contain a folder the command reads (images, labels, pseudo masks, slides).
+- :func:`check_output_file`: an output file may not be a folder, unwritable, or one of the
+  files the command reads.
 - :func:`claim_output_folder`: a folder of predictions is new, empty, or one that protoseg
   wrote before (it holds :data:`MANIFEST`); the files of any other folder are never replaced.
   :func:`write_manifest` records what a run wrote and what it skipped.
@@ -95,6 +97,23 @@ def check_output_folder(
             f"{folder}: {what} {relation} {source}, which this command reads; "
             "write outside the input data"
         )
+
+
+def check_output_file(path: str | Path, inputs: Iterable[str | Path], what: str = "output") -> None:
+    """Refuses an output file that would replace what the command reads.
+
+    Raises:
+        DataError: ``path`` is a folder, lies in a folder that cannot be written, or is one
+            of ``inputs``.
+    """
+    out = _resolved(path)
+    if out.is_dir():
+        raise DataError(f"{path}: {what} is a folder, not a file")
+    if not _writable(out.parent):
+        raise DataError(f"{path}: {what} folder is not writable")
+    for source in inputs:
+        if out == _resolved(source):
+            raise DataError(f"{path}: {what} is {source}, which this command reads")
 
 
 def claim_output_folder(folder: str | Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,12 @@ def _save_npz(path: str | Path, meta: dict[str, Any], **arrays: np.ndarray) -> P
 
 
 def _load_npz(path: str | Path, kind: str, keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """The JSON ``meta`` and the 2-D/1-D ``keys`` arrays of a file of ``kind``.
+
+    Raises:
+        DataError: naming ``path``: missing, not an ``.npz`` (or truncated), no ``meta``, or
+            meta of another kind or without the embedder and classes.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {kind} file does not exist")
@@ -103,10 +110,25 @@ def _load_npz(path: str | Path, kind: str, keys: tuple[str, ...]) -> tuple[dict,
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: not a {kind} file ({type(error).__name__}: {error})") from error
-    if meta.get("kind") != kind:
-        raise DataError(f"{path}: not a {kind} file (it holds {meta.get('kind')!r})")
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        held = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"{path}: not a {kind} file (it holds {held!r})")
+    try:
+        EmbedderSettings(**meta["embedder"])
+        classes_from_dict(meta["classes"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"{path}: {kind} file without valid embedder and classes "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    first = arrays[keys[0]]
+    if first.ndim != 2 or any(
+        arrays[k].ndim != 1 or len(arrays[k]) != len(first) for k in keys[1:]
+    ):
+        shapes = ", ".join(f"{k} {arrays[k].shape}" for k in keys)
+        raise DataError(f"{path}: {kind} file's arrays do not match ({shapes})")
     return meta, arrays
 
 
@@ -128,7 +150,7 @@ def load_clusters(path: str | Path) -> Clusters:
         arrays["sizes"].astype(np.int64),
         EmbedderSettings(**meta["embedder"]),
         classes_from_dict(meta["classes"]),
-        meta["exemplars"],
+        meta.get("exemplars", []),
     )
 
 
@@ -141,6 +163,8 @@ def load_names(path: str | Path, clusters: Clusters) -> dict[int, str]:
             ``ignore``.
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: names file does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:

@@ -26,6 +26,18 @@ def bcss(root: Path, **kwargs) -> WSSSDataModule:
     return luad(root, class_names=BCSS_CLASSES, background_code=4, **kwargs)
 
 
+def write_pseudo_masks(root: Path, folder: Path, content: np.ndarray | bytes) -> Path:
+    """``folder/<training image's name>`` for every training image of ``root``: a PNG of
+    ``content`` (codes), or ``content`` itself (bytes)."""
+    folder.mkdir()
+    for path in (root / "training").glob("*.png"):
+        if isinstance(content, bytes):
+            (folder / path.name).write_bytes(content)
+        else:
+            Image.fromarray(content).save(folder / path.name)
+    return folder
+
+
 @pytest.mark.parametrize(
     ("name", "count", "expected"),
     [
@@ -118,12 +130,9 @@ def test_pseudo_masks_train_with_ignore(
     tmp_path: Path, make_wsss_root: Callable[..., Path]
 ) -> None:
     root = make_wsss_root(tmp_path / "luad", "luad", n_train=2)
-    pseudo = tmp_path / "pseudo"
-    pseudo.mkdir()
-    for path in (root / "training").glob("*.png"):
-        codes = np.full((48, 48), 255, np.uint8)
-        codes[:, :24] = 1
-        Image.fromarray(codes).save(pseudo / path.name)
+    codes = np.full((48, 48), 255, np.uint8)
+    codes[:, :24] = 1
+    pseudo = write_pseudo_masks(root, tmp_path / "pseudo", codes)
     dm = luad(root, pseudo_mask_dir=str(pseudo), crop_size=64, scale_jitter=0.0)
     dm.setup("fit")
     item = dm.train_dataset[3]
@@ -278,3 +287,44 @@ def test_balanced_classes_show_a_rare_class_as_often_as_the_others(
     # Normal tissue: drawn a third of the time, against one image in six.
     assert shares[0] == pytest.approx(1 / 6, abs=0.06)
     assert shares[1] == pytest.approx(1 / 3, abs=0.06)
+
+
+def test_balancing_names_a_class_no_image_holds_and_refuses_none(
+    tmp_path: Path, make_wsss_root: Callable[..., Path]
+) -> None:
+    root = make_wsss_root(tmp_path / "luad", "luad", n_train=3)
+    training = root / "training"
+    for index, path in enumerate(sorted(training.glob("*.png"))):
+        path.rename(path.with_name(f"{index}-[1, 1, 0].png"))
+    dm = luad(root, balance_classes=True)
+    with pytest.warns(
+        UserWarning, match=f"{training}: balance_classes: no training image holds normal"
+    ):
+        dm.setup("fit")
+    assert dm.train_dataset.class_images == [[0, 1, 2], [0, 1, 2]]
+    # Pseudo masks: the classes come from the masks; none holds a class (all unsure).
+    for index, path in enumerate(sorted(training.glob("*.png"))):
+        path.rename(path.with_name(f"{index}.png"))
+    pseudo = write_pseudo_masks(root, tmp_path / "pseudo", np.full((48, 48), 255, np.uint8))
+    with pytest.raises(DataError, match=f"^{pseudo}: balance_classes: no training image holds any"):
+        luad(root, balance_classes=True, pseudo_mask_dir=str(pseudo)).setup("fit")
+
+
+def test_a_pseudo_mask_folder_that_is_a_file_is_named(
+    tmp_path: Path, make_wsss_root: Callable[..., Path]
+) -> None:
+    root = make_wsss_root(tmp_path / "luad", "luad", n_train=2)
+    (tmp_path / "pseudo").write_text("")
+    with pytest.raises(DataError, match="pseudo: pseudo-mask folder is a file, not a folder"):
+        luad(root, pseudo_mask_dir=str(tmp_path / "pseudo")).setup("fit")
+
+
+def test_an_unreadable_pseudo_mask_is_named(
+    tmp_path: Path, make_wsss_root: Callable[..., Path]
+) -> None:
+    root = make_wsss_root(tmp_path / "luad", "luad", n_train=2)
+    pseudo = write_pseudo_masks(root, tmp_path / "pseudo", b"\x89PNG\r\n\x1a\n truncated")
+    dm = luad(root, pseudo_mask_dir=str(pseudo))
+    with pytest.raises(DataError, match=f"^{pseudo}/.*: cannot read image"):
+        dm.setup("fit")
+        dm.train_dataset[0]

@@ -91,3 +91,35 @@ def test_gallery_is_self_contained_with_one_field_per_cluster() -> None:
     assert page.count('<select class="name"') == 3 and page.count("data:image/jpeg;base64,") == 6
     assert "http://" not in page and "https://" not in page and "<script src" not in page
     assert page.count('<option value="ignore">') == 3
+
+
+@pytest.mark.parametrize("fault", ["garbage", "truncated", "no_embedder", "flat_centroids"])
+def test_broken_cluster_files_name_the_file(tmp_path: Path, fault: str) -> None:
+    path = tmp_path / "clusters.npz"
+    good = save_clusters(tmp_path / "good.npz", clusters()).read_bytes()
+    meta = {"kind": "clusters", "embedder": {"class_path": "x"}, "classes": {}}
+    if fault == "garbage":
+        path.write_bytes(b"PK\x03\x04" + b"x" * 64)
+    elif fault == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif fault == "no_embedder":
+        np.savez(
+            path,
+            meta=np.array(json.dumps({"kind": "clusters"})),
+            centroids=np.zeros((2, 3)),
+            sizes=np.ones(2),
+        )
+    else:
+        meta = {
+            **meta,
+            "classes": {"names": ["a"], "codes": [0], "background_code": None, "palette": []},
+        }
+        np.savez(path, meta=np.array(json.dumps(meta)), centroids=np.zeros(3), sizes=np.ones(3))
+    with pytest.raises(DataError) as raised:
+        load_clusters(path)
+    assert str(raised.value).startswith(f"{path}: ")
+
+
+def test_a_missing_names_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="names.json: names file does not exist"):
+        load_names(tmp_path / "names.json", clusters())
