@@ -99,6 +99,24 @@ class PrototypeModule(L.LightningModule):
         # Nothing of this stage trains: its weights are the SSL encoder's (the embedder's).
         self.embedder = embedder.requires_grad_(False)
 
+    def setup(self, stage: str) -> None:
+        """A dictionary is queried on data of its own classes: a datamodule that names other
+        classes or codes (another dataset's) is refused, naming the dictionary."""
+        data = getattr(self.trainer, "datamodule", None)
+        theirs = getattr(data, "classes", None)
+        if self.classes is None or not isinstance(theirs, TissueClasses):
+            return
+        mine = self.classes
+        if (mine.names, mine.codes, mine.background_code) != (
+            theirs.names,
+            theirs.codes,
+            theirs.background_code,
+        ):
+            raise DataError(
+                f"{self.hparams.dictionary}: made for classes {mine.describe()}; the data's "
+                f"are {theirs.describe()}"
+            )
+
     @property
     def has_dictionary(self) -> bool:
         """Whether predict writes pseudo masks (else it collects patches for clustering)."""

@@ -15,8 +15,16 @@ from PIL import Image
 
 from protoseg.cli import build_cli, main
 from protoseg.commands import run_command
-from protoseg.io.prototype_files import Clusters, load_clusters, load_dictionary
+from protoseg.io.class_maps import TissueClasses
+from protoseg.io.prototype_files import (
+    Clusters,
+    PrototypeDictionary,
+    load_clusters,
+    load_dictionary,
+    save_dictionary,
+)
 from protoseg.modules.backbones import TimmBackbone, save_encoder_checkpoint
+from protoseg.modules.prototypes import DenseEmbedder
 
 CLASSES = ["--data.class_names=[tumor,stroma,normal]", "--data.background_code=3"]
 
@@ -228,3 +236,38 @@ def test_the_shared_svs(tmp_path: Path, encoder: Path, shared_data: Path) -> Non
     # The map covers the slide's level 0 (2220 x 2967 px), under the writer's 4096 px cap.
     assert written.shape == (2967, 2220)
     assert (written != 255).mean() > 0.3
+
+
+def test_a_dictionary_of_other_classes_is_refused(
+    tmp_path: Path,
+    make_wsss_root: Callable[..., Path],
+    encoder: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = make_wsss_root(tmp_path / "bcss", "bcss", n_train=1, n_val=1, n_test=0)
+    embedder = DenseEmbedder(weights=str(encoder), window=16)
+    luad = TissueClasses(("tumor", "stroma", "normal"), background_code=3)
+    prototypes = np.eye(2, 512, dtype=np.float32)
+    dictionary = save_dictionary(
+        tmp_path / "dictionary.npz",
+        PrototypeDictionary(
+            prototypes, np.array([0, 1]), ["tumor", "stroma"], embedder.settings, luad
+        ),
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main(
+            [
+                "validate",
+                "--model=protoseg.lightning_modules.prototypes.PrototypeModule",
+                f"--model.dictionary={dictionary}",
+                "--data=protoseg.datamodules.wsss.WSSSDataModule",
+                f"--data.root={root}",
+                "--data.class_names=[TUM,STR,LYM,NEC]",
+                "--data.background_code=4",
+                "--data.num_workers=0",
+                "--trainer.logger=false",
+            ]
+        )
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"protoseg: error: {dictionary}: made for classes 0 tumor, 1 stroma")
