@@ -37,8 +37,9 @@ in an argument) that no earlier step wrote and that is missing stops the chain b
 starts.
 
 Every finished step is recorded, with its wall time and figures, in ``RUN_DIR/chain.json``
-(the ledger) and printed as it ends; ``--resume`` (same file and arguments) keeps the finished
-steps, starts again the one cut short from an empty folder and runs the rest. Every stage
+(the ledger) and printed as it ends; ``--resume`` (same file) keeps the finished steps up to
+the first whose arguments changed, starts again the one cut short (or changed) from an empty
+folder and runs the rest. Every stage
 seeds itself (``seed_everything`` of its config), so a resumed chain ends with the figures of
 an uninterrupted one. The figures, wall times, the summary rows of ``results`` and the
 command, commit, machine and date go to one JSON (``--output``, default
@@ -219,13 +220,37 @@ def load_chain(path: str | Path, run_dir: str | Path | None = None) -> Chain:
     )
 
 
+def _unchanged_steps(saved: Any, settings: dict[str, Any]) -> list[str] | None:
+    """The steps (names) whose arguments, and those of every step before them, are the
+    same in ``saved`` and ``settings``; None when anything else differs (other settings,
+    other steps or their order)."""
+    if not isinstance(saved, dict):
+        return None
+    rest = {k: v for k, v in saved.items() if k != "steps"}
+    if rest != {k: v for k, v in settings.items() if k != "steps"}:
+        return None
+    old, new = saved.get("steps"), settings.get("steps")
+    if not isinstance(old, dict) or not isinstance(new, dict) or list(old) != list(new):
+        return None
+    unchanged = []
+    for name, argv in new.items():
+        if old[name] != argv:
+            break
+        unchanged.append(name)
+    return unchanged
+
+
 class ChainLedger:
     """The finished steps of a chain and what each measured, kept in ``run_dir/chain.json``.
 
     Args:
         run_dir: the chain's folder.
         settings: what the chain was started with (its steps' arguments). A resumed run must
-            be started with the same, or the steps it keeps would not be its own.
+            be started with the same, or the steps it keeps would not be its own; where only
+            some steps' arguments changed (``settings["steps"]``: each step's arguments, in
+            order), it keeps the finished steps before the first changed one and reruns
+            that one and all after it. Arguments only: a config file edited in place is not
+            seen.
         resume: keep the steps of an earlier run; without it (or without a ledger) the
             folder is emptied first, which only a chain's own folder (one holding its
             ledger) or an empty one may be.
@@ -258,12 +283,23 @@ class ChainLedger:
                 raise DataError(
                     f"{self.path}: not a chain ledger ({error!r}); drop --resume to start again"
                 ) from error
-            if saved_settings != settings:
+            unchanged = (
+                list(saved_steps)
+                if saved_settings == settings
+                else _unchanged_steps(saved_settings, settings)
+            )
+            if unchanged is None:
                 raise DataError(
                     f"{self.path}: written by a chain started with other steps or arguments: "
                     "resume with the same ones, or drop --resume to start again"
                 )
-            self.steps = saved_steps
+            self.steps = {k: v for k, v in saved_steps.items() if k in unchanged}
+            changed = [k for k in saved_steps if k not in unchanged]
+            if changed:
+                print(
+                    f"protoseg chain: arguments changed from step {changed[0]!r} on: "
+                    f"rerunning {', '.join(changed)}"
+                )
         else:
             run_dir = Path(run_dir)
             if run_dir.exists() and not self.path.is_file() and any(run_dir.iterdir()):
@@ -582,7 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help=f"keep the steps RUN_DIR/{LEDGER_NAME} lists as finished (same file and arguments)",
+        help=f"keep the steps RUN_DIR/{LEDGER_NAME} lists as finished (same file), up to the "
+        "first whose arguments changed",
     )
     parser.add_argument(
         "--output", default=None, help=f"the result JSON (default: RUN_DIR/{RESULT_NAME})"

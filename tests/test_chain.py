@@ -50,6 +50,23 @@ def test_ledger_refuses_to_resume_other_settings_or_a_broken_file(tmp_path: Path
         ChainLedger(tmp_path, SETTINGS, resume=True)
 
 
+def test_resuming_with_a_step_changed_reruns_it_and_the_steps_after(tmp_path: Path) -> None:
+    steps = {"fit": ["--config=a.yaml"], "masks": ["--x=1"], "head": ["--y=1"]}
+    first = ChainLedger(tmp_path, {**SETTINGS, "steps": steps}, resume=False)
+    for name in steps:
+        first.run(name, lambda n=name: {"seconds": 1.0, "name": n})
+    changed = {**steps, "masks": ["--x=2"]}
+    resumed = ChainLedger(tmp_path, {**SETTINGS, "steps": changed}, resume=True)
+    assert list(resumed.steps) == ["fit"]
+    calls = [resumed.run(n, lambda n=n: {"seconds": 2.0, "name": n})["seconds"] for n in steps]
+    assert calls == [1.0, 2.0, 2.0] and resumed.kept == ["fit"]
+    saved = json.loads((tmp_path / LEDGER_NAME).read_text())
+    assert saved["settings"]["steps"] == changed
+    # Other steps (or their order) are another chain: refused.
+    with pytest.raises(DataError, match="resume with the same ones"):
+        ChainLedger(tmp_path, {**SETTINGS, "steps": {"fit": steps["fit"]}}, resume=True)
+
+
 def test_without_resume_the_folder_starts_empty(tmp_path: Path) -> None:
     ChainLedger(tmp_path, SETTINGS, resume=False).run("fit", lambda: {"seconds": 1.0})
     (tmp_path / "old.ckpt").write_text("x")
