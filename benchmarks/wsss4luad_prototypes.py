@@ -52,6 +52,9 @@ PROTOTYPE_CONFIG = "configs/prototypes/wsss4luad.yaml"
 HEAD_CONFIG = "configs/wsss4luad/segment.yaml"
 CLASSES = TissueClasses(("tumor", "stroma", "normal"), background_code=3)
 COLOUR_EMBEDDER = "protoseg.modules.prototypes.ColourEmbedder"
+# The chain's head-fit arguments beyond its config (configs/chains/wsss4luad_prototypes.yaml),
+# given to the supervised reference too, so that the two heads differ only in their masks.
+HEAD_ARGS = ["--data.balance_classes=true"]
 
 
 def tuning_split(mask_dir: Path, seed: int = 0) -> list[str]:
@@ -236,6 +239,7 @@ def main() -> None:
         "data_root": str(data),
         "folds": args.folds,
         "reference_steps": reference_steps,
+        "head_args": HEAD_ARGS,
         "accelerator": args.accelerator,
         "overrides": args.override,
         "colour_args": args.colour_arg,
@@ -269,7 +273,7 @@ def main() -> None:
         argv = [*fit_args(HEAD_CONFIG, fold_dir, args.accelerator), f"--data.root={data}"]
         argv += ["--data.pseudo_mask_dir=null", "--data.train_split=val"]
         argv += [f"--data.val_folds={args.folds}", f"--data.val_fold={fold}", *steps]
-        argv += args.override
+        argv += [*HEAD_ARGS, *args.override]
         argv.append(f"--model.init_args.net.init_args.encoder_weights={encoder}")
         ledger.run(
             f"supervised fold{fold}",

@@ -12,7 +12,8 @@ import pytest
 from conftest import tissue_codes, tissue_picture, write_palette_png
 from PIL import Image
 
-from benchmarks.wsss4luad_prototypes import tuning_split
+from benchmarks.wsss4luad_prototypes import CHAIN, HEAD_ARGS, tuning_split
+from protoseg.chain import load_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = [(0, 64, 128), (64, 128, 0), (243, 152, 0), (255, 255, 255)]
@@ -58,6 +59,12 @@ def test_real_tuning_split(shared_data: Path) -> None:
     if not masks.is_dir():
         pytest.skip(f"{masks} is absent")
     assert tuning_split(masks) == ["00", "09", "10", "12", "15", "16"]
+
+
+def test_the_supervised_reference_trains_as_the_chains_head() -> None:
+    chain = load_chain(ROOT / CHAIN)
+    head = next(step for step in chain.steps if step.name == "head fit")
+    assert set(HEAD_ARGS) <= set(chain.argv(head, [], []))
 
 
 @pytest.mark.slow
