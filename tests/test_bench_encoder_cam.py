@@ -1,5 +1,6 @@
-"""benchmarks/wsss4luad_encoder_cam.py: embeddings tile by tile, the class layer learns
-image-level labels, SAM masks overrule the CAM only where they agree (and the CAM is unsure)."""
+"""benchmarks/wsss4luad_encoder_cam.py: the class layer learns image-level labels, SAM masks
+overrule the CAM only where they agree (and the CAM is unsure). Its embeddings come from
+protoseg's SamEncoderEmbedder, tested in tests/modules/test_sam_encoder.py."""
 
 from __future__ import annotations
 
@@ -7,33 +8,10 @@ import numpy as np
 import torch
 
 from benchmarks.wsss4luad_encoder_cam import (
-    CELL,
     EncoderCam,
-    embed,
     sam_refined,
-    tile_starts,
     train_head,
 )
-
-
-class Stride4(torch.nn.Module):
-    """A stand-in encoder: (B, 3, 256, 256) -> (B, 256, 64, 64), each cell its patch's mean."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), CELL).repeat(1, 256, 1, 1)
-
-
-def test_tile_starts_cover_the_side_flush() -> None:
-    assert tile_starts(256) == [0]
-    assert tile_starts(500) == [0, 192, 244]
-    assert tile_starts(640) == [0, 192, 384]
-
-
-def test_embed_shape_and_scale() -> None:
-    image = np.random.default_rng(0).integers(0, 255, (300, 600, 3), dtype=np.uint8)
-    assert embed(Stride4(), image, 1.0).shape == (256, 75, 150)
-    # Sides are resized by the scale, to at least one 256 px tile.
-    assert embed(Stride4(), image, 0.5).shape == (256, 64, 75)
 
 
 def test_class_layer_learns_image_labels() -> None:
