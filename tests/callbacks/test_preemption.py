@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,19 @@ def steps_in(checkpoint: Path) -> int:
 
 
 SIGNALS = [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT]
+
+
+def default_ctrl_c() -> None:
+    """Ctrl-C as a terminal delivers it. A suite started in the background (``nohup``, ``&``)
+    inherits SIGINT ignored, and so would its fits: the callback then leaves SIGINT alone."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python installs its KeyboardInterrupt handler
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
@@ -143,7 +157,9 @@ def test_killed_protoseg_fit_resumes_with_the_same_command(
         "--ckpt_path=last",
     ]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c
+    )
     try:
         deadline = time.monotonic() + 900
         while not (log.is_file() and "2" in log.read_text().split()):

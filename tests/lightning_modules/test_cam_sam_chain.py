@@ -106,8 +106,9 @@ def test_chain_end_to_end(wsss_root: Path, tmp_path: Path, monkeypatch: pytest.M
     classifier = load_classifier(run_dir / "classifier" / "checkpoints" / "last.ckpt")
     assert isinstance(classifier.net, EncoderCAMNet) and not classifier.training
     # Each image embedded once: the 4 training images as the fits see them (resized, one
-    # view) and as they are (pseudo masks), and the 2 validation images.
-    assert len(list((run_dir / "sam_embeddings").glob("*.npy"))) == 4 + 4 + 2
+    # view) and as they are (pseudo masks), and the 2 validation images at each of the
+    # classifier's 4 turns (val_rotations: its label-free CAMs score and predict them).
+    assert len(list((run_dir / "sam_embeddings").glob("*.npy"))) == 4 + 4 + 2 * 4
     assert result["steps"]["cam sam pseudo masks validation"]["metrics"]["sam_prompts"] > 0
     masks = run_dir / "pseudo_masks"
     cam_dir = run_dir / "logs" / "pseudo_masks" / "cams"
