@@ -171,9 +171,14 @@ class SamEncoderEmbedder(nn.Module):
 
     def grid_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(D, h, w) of the embeddings :meth:`embed` gives an image of ``height`` x ``width``."""
-        side, cell = self.segmenter.input_size, self.cell
-        resized = (max(side, round(height * self.scale)), max(side, round(width * self.scale)))
-        return (self.dim, -(-resized[0] // cell), -(-resized[1] // cell))
+        resized_height, resized_width = self._resized(height, width)
+        return (self.dim, -(-resized_height // self.cell), -(-resized_width // self.cell))
+
+    def _resized(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image is resized to before tiling: ``scale`` times its own, at least
+        one of SAM's input tiles on each side."""
+        side = self.segmenter.input_size
+        return max(side, round(height * self.scale)), max(side, round(width * self.scale))
 
     def _cached(self, file: Path, size: tuple[int, int]) -> torch.Tensor | None:
         """The embeddings in ``file`` (float32), or None when there is none. A file that does
@@ -202,8 +207,7 @@ class SamEncoderEmbedder(nn.Module):
         device = image.device
         model.to(device)
         side, cell = model.input_size, self.cell
-        height = max(side, round(image.shape[-2] * self.scale))
-        width = max(side, round(image.shape[-1] * self.scale))
+        height, width = self._resized(*image.shape[-2:])
         pixels = F.interpolate(
             image[None].float(), size=(height, width), mode="bilinear", antialias=True
         )
