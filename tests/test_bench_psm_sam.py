@@ -1,66 +1,15 @@
-"""benchmarks/psm_sam.py's refinement, tile by tile, with stand-in predictors of known answers."""
+"""benchmarks/psm_sam.py: the split it refines, its results file and its verdicts, with a
+stand-in SAM predictor of known answers (tests/postprocess/test_sam_refine.py tests the
+refinement itself)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from benchmarks.psm_sam import sam_refine, split_settings
-
-
-class BoxPredictor:
-    """Answers each box prompt with probability ``value`` inside the box shrunk by
-    ``margin`` px (the object's own bounding box when the prompt grew it by ``margin``)."""
-
-    input_size = 32
-
-    def __init__(self, value: float, margin: int) -> None:
-        self.value, self.margin, self.images = value, margin, 0
-
-    def set_image(self, image: np.ndarray) -> None:
-        self.shape = image.shape[:2]
-        self.images += 1
-
-    def predict(self, boxes, points=None, point_labels=None):
-        probs = np.zeros((len(boxes), *self.shape), np.float32)
-        m = self.margin
-        for prob, (x0, y0, x1, y1) in zip(probs, boxes.astype(int), strict=True):
-            prob[y0 + m : y1 - m, x0 + m : x1 - m] = self.value
-        return probs, np.ones(len(boxes), np.float32)
-
-
-def squares() -> np.ndarray:
-    instances = np.zeros((80, 80), np.int32)
-    instances[5:12, 5:14] = 1
-    instances[40:50, 60:70] = 2
-    instances[60:75, 10:20] = 3
-    instances[20:60, 20:58] = 4  # larger than a 32 px tile: kept as it is
-    return instances
-
-
-def test_box_answers_redraw_square_objects_as_they_are() -> None:
-    instances = squares()
-    image = np.zeros((80, 80, 3), np.uint8)
-    predictor = BoxPredictor(0.9, margin=3)
-    refined = sam_refine(image, instances, predictor, margin=3, overlap=8)
-    np.testing.assert_array_equal(refined > 0, instances > 0)
-    assert len(np.unique(refined)) == 5  # four objects and background
-    assert predictor.images >= 1
-
-
-def test_objects_sam_loses_keep_their_own_pixels() -> None:
-    instances = squares()
-    refined = sam_refine(np.zeros((80, 80, 3), np.uint8), instances, BoxPredictor(0.0, 3), 3, 8)
-    np.testing.assert_array_equal(refined > 0, instances > 0)
-    assert refined.dtype == np.int32
-
-
-def test_sam_can_grow_an_object_inside_its_prompt_box() -> None:
-    instances = np.zeros((32, 32), np.int32)
-    instances[10:14, 10:14] = 1
-    # The answer fills the whole grown box (margin 0 in the stand-in): 2 px more each side.
-    refined = sam_refine(np.zeros((32, 32, 3), np.uint8), instances, BoxPredictor(0.9, 0), 2, 8)
-    assert (refined > 0).sum() == 8 * 8
+from benchmarks.psm_sam import split_settings
+from protoseg.postprocess.sam_refine import SamRefinement
+from tests.postprocess.test_sam_refine import BoxPredictor
 
 
 def test_the_split_is_the_configs_settings_over_the_heads_own(tmp_path) -> None:
@@ -122,10 +71,9 @@ def test_the_benchmark_writes_both_sets_and_the_tuning_only_verdict(
         inside = (target > 0).astype(np.float32)
         probs = np.stack([1 - inside, inside, np.zeros_like(inside)])
         np.savez(cache / f"{record.stem}.npz", probs=probs, guide=np.zeros(1), target=target)
-    monkeypatch.setattr(psm_sam, "load_sam", lambda: None)
     predictor = BoxPredictor(0.9, 3)
-    predictor.input_size = 128  # above the benchmark's 64 px overlap; one tile an image
-    monkeypatch.setattr(psm_sam, "SamPredictor", lambda model: predictor)
+    predictor.input_size = 128  # above the refinement's 64 px overlap; one tile an image
+    monkeypatch.setattr(SamRefinement, "load", lambda self: predictor)
     output = tmp_path / "sam.json"
     argv = ["psm_sam.py", f"--checkpoint={head}", f"--cache={cache}", f"--config={config}"]
     argv += [f"--data-root={tiny_monuseg_root}", "--val-fraction=0.34", f"--output={output}"]
@@ -150,13 +98,31 @@ def test_the_benchmark_writes_both_sets_and_the_tuning_only_verdict(
 
     refuses = Refuses(0.9, 3)
     refuses.input_size = 128
-    monkeypatch.setattr(psm_sam, "SamPredictor", lambda model: refuses)
+    monkeypatch.setattr(SamRefinement, "load", lambda self: refuses)
     monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
     psm_sam.main()
     again = json.loads(output.read_text())
     assert again["resumed_images"] == 3
     for name in ("tuning", "held_out"):
         assert again[name]["sam_refined"] == result[name]["sam_refined"]
+
+    # Against a reference run (here the first, as if with full decoding): the same split, a
+    # refined AJI 0.1 higher on one tuning image there, so this one reads lower by its share.
+    reference = json.loads(output.read_text())
+    stem = result["tuning_images"][0]
+    reference["tuning"]["per_image"][stem]["sam_refined"]["aji"] += 0.1
+    reference["decoder_window"] = None
+    reference_path = tmp_path / "full.json"
+    reference_path.write_text(json.dumps(reference))
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume", f"--reference={reference_path}"])
+    psm_sam.main()
+    compared = json.loads(output.read_text())["against_reference"]
+    assert compared["decoder_window"] is None
+    tuning = compared["tuning"]
+    assert tuning["images"] == len(result["tuning_images"]) and tuning["same_split"]
+    assert abs(tuning["aji_difference"] + 0.1 / tuning["images"]) <= 1e-4
+    assert compared["held_out"]["aji_difference"] == 0
+    assert compared["within_spread_on_tuning"] is (abs(tuning["aji_difference"]) <= 0.005)
 
 
 def test_bad_input_ends_the_benchmark_with_one_line_naming_the_file(tmp_path) -> None:

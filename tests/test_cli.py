@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from protoseg.lightning_modules.psm import PSMModule
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.activation_net import ShallowActivationNet
 from protoseg.modules.ssl_augment import PathologyViewAugment
+from protoseg.postprocess import SamRefinement
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -91,6 +93,43 @@ def test_fit_then_predict_writes_instance_maps(
     for image in images:
         written = np.array(Image.open(enlarged / f"{image.stem}.png"))
         assert written.shape == np.array(Image.open(image)).shape[:2]
+
+    # Segment Anything refinement turned on for a prediction (no checkpoint holds it): the
+    # map written is the refinement of the split's map on the image's pixels; a missing
+    # SAM checkpoint is one line, status 2. (A distance split: the 2-step head's boundary
+    # class finds no nuclei.)
+    first = images[0]
+    (tmp_path / "one" / "images").mkdir(parents=True)
+    shutil.copy(first, tmp_path / "one" / "images")
+    predict = ["predict", *tiny_overrides(tmp_path / "one", run_dir), f"--ckpt_path={last}"]
+    predict += [
+        "--model.postprocess=DistanceSplit",
+        "--model.postprocess.foreground_threshold=0.68",
+    ]
+    refine = ["--model.refine=SamRefinement", "--model.refine.progress=false"]
+    split, refined = tmp_path / "split", tmp_path / "refined"
+    main([*predict, f"--output_dir={split}"])
+    main([*predict, f"--output_dir={refined}", *refine])
+    objects = np.array(Image.open(split / f"{first.stem}.png")).astype(np.int32)
+    expected = SamRefinement(progress=False)(np.array(Image.open(first).convert("RGB")), objects)
+    drawn = np.array(Image.open(refined / f"{first.stem}.png"))
+    assert objects.max() > 3 and (drawn != objects).any()
+    np.testing.assert_array_equal(drawn, expected)
+    missing = tmp_path / "sam.pth"
+    with pytest.raises(SystemExit) as stopped:
+        main(
+            [
+                *predict,
+                f"--output_dir={tmp_path / 'no'}",
+                *refine,
+                f"--model.refine.checkpoint={missing}",
+            ]
+        )
+    assert stopped.value.code == 2
+    message = capfd.readouterr().err.strip().splitlines()[-1]
+    assert (
+        message == f"protoseg: error: {missing}: no such SAM checkpoint (SamRefinement checkpoint)"
+    )
 
     model = SegmentationModule.load_from_checkpoint(last)
     assert type(model.net).__name__ == "UNet", "the CLI's class_path config rebuilds the net"

@@ -17,6 +17,7 @@ from protoseg.lightning_modules.ddp_layout import channels_last_under_ddp
 from protoseg.lightning_modules.evaluation import (
     IMAGENET_NORMALIZATION,
     Normalization,
+    batch_rgb,
     log_gathered,
     log_overlay,
     prediction_items,
@@ -30,7 +31,13 @@ from protoseg.metrics import NucleiMetrics
 from protoseg.modules.losses import CEDiceLoss
 from protoseg.modules.postprocess_pool import PostprocessPool, Workers
 from protoseg.modules.tiling import predict_tiled_net
-from protoseg.postprocess import InstanceSplit, ThreeClassWatershed, split_and_score
+from protoseg.postprocess import (
+    InstanceSplit,
+    ThreeClassWatershed,
+    score_instances,
+    split_and_score,
+)
+from protoseg.postprocess.sam_refine import SamRefinement
 
 Batch = dict[str, Any]
 
@@ -74,6 +81,13 @@ class SegmentationModule(L.LightningModule):
             are the same either way. Worth it when cores idle while the split runs, e.g. on a
             GPU machine; each worker holds a few images' probabilities (~25 MB for 1000 x
             1000 px).
+        refine: composed after the split: e.g.
+            :class:`~protoseg.postprocess.sam_refine.SamRefinement`, Segment Anything redraws
+            each object (off by default: it costs many times the split, docs/nuclei.md). It
+            runs in this process, on the images as the datamodule gave them (un-normalised
+            with ``normalization``), in validation, test and prediction. An inference-time
+            choice: not kept in the checkpoint's hyperparameters, so a checkpoint never turns
+            it on or off; the config or ``--model.init_args.refine`` does.
     """
 
     def __init__(
@@ -88,6 +102,7 @@ class SegmentationModule(L.LightningModule):
         num_log_images: int = 2,
         normalization: Normalization = IMAGENET_NORMALIZATION,
         postprocess_workers: Workers = 0,
+        refine: SamRefinement | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= tile_overlap < tile_size:
@@ -96,7 +111,9 @@ class SegmentationModule(L.LightningModule):
             )
         self.pool = PostprocessPool(postprocess_workers)
         save_init_hyperparameters(self)
+        self.hparams.pop("refine", None)  # an inference-time choice (see refine above)
         self.net = net
+        self.refine = refine
         self.postprocess = postprocess if postprocess is not None else ThreeClassWatershed()
         given = self.hparams.get("postprocess")
         if isinstance(given, dict):  # built by the CLI: complete its config for the checkpoint
@@ -118,7 +135,7 @@ class SegmentationModule(L.LightningModule):
         (:mod:`~protoseg.lightning_modules.ddp_layout`), refuses a fit on images without
         labels or pseudo masks, and has the post-processing load its networks' weights
         before a fit (a checkpoint restores them after) or check them before the other
-        stages."""
+        stages; loads the refinement's model, so that a wrong file stops the run first."""
         if self._trainer is not None:
             self.pool.share(max(1, self._trainer.num_devices))
         channels_last_under_ddp(self, stage)
@@ -129,6 +146,8 @@ class SegmentationModule(L.LightningModule):
             self.postprocess.prepare_fit(data)
         else:
             self.postprocess.check(data)
+        if self.refine is not None:
+            self.refine.load()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Reads a checkpoint of the module before its post-processing was a part
@@ -163,9 +182,18 @@ class SegmentationModule(L.LightningModule):
         return [(p, None if guide is None else guide[i]) for i, p in enumerate(probs)]
 
     def predict_instances(self, images: torch.Tensor) -> list[np.ndarray]:
-        """Instance maps, one (H, W) int32 array per image of (B, 3, H, W), split in this
-        process (``postprocess_workers`` serves the trainer's loops)."""
-        return [self.postprocess(probs, guide) for probs, guide in self.split_inputs(images)]
+        """Instance maps, one (H, W) int32 array per image of (B, 3, H, W), split (and
+        refined) in this process (``postprocess_workers`` serves the trainer's loops)."""
+        split = [self.postprocess(probs, guide) for probs, guide in self.split_inputs(images)]
+        return self.refined(images, split)
+
+    def refined(self, images: torch.Tensor, instances: list[np.ndarray]) -> list[np.ndarray]:
+        """Each image's instance map after ``refine`` (as it is without one), in this
+        process: the refinement's model runs on the images (B, 3, H, W) un-normalised."""
+        if self.refine is None:
+            return instances
+        rgb = batch_rgb({"image": images}, self.hparams.normalization)
+        return [self.refine(image, objects) for image, objects in zip(rgb, instances, strict=True)]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         require_instances(batch, "SegmentationModule")
@@ -181,13 +209,21 @@ class SegmentationModule(L.LightningModule):
         ``val/overlay_<log_index>``."""
         split = self.postprocess.detached()
         targets = [t.cpu().numpy() for t in batch["instances"]]
-        for i, (probs, maps) in enumerate(self.split_inputs(batch["image"])):
+        inputs = self.split_inputs(batch["image"])
+        refined = None
+        if self.refine is not None:  # split here: the refinement needs its instances
+            refined = self.refined(batch["image"], [split(p, maps) for p, maps in inputs])
+        for i, (probs, maps) in enumerate(inputs):
             overlay = None
             if log_index is not None and i == 0:
                 first = {"image": batch["image"][:1].cpu(), "instances": batch["instances"][:1]}
                 overlay = (first, log_index)
-            args = (split, probs, maps, targets[i], metrics.iou_threshold)
-            self.pool.submit(split_and_score, *args, tag=overlay)
+            if refined is None:
+                args = (split, probs, maps, targets[i], metrics.iou_threshold)
+                self.pool.submit(split_and_score, *args, tag=overlay)
+            else:
+                args = (refined[i], targets[i], metrics.iou_threshold)
+                self.pool.submit(score_instances, *args, tag=overlay)
         self._collect(metrics, self.pool.ready())
 
     def _collect(self, metrics: NucleiMetrics, results: list[tuple]) -> None:
@@ -231,10 +267,12 @@ class SegmentationModule(L.LightningModule):
         split = self.postprocess.detached()
         inputs = self.split_inputs(batch["image"])
         if len(inputs) == 1 or self.pool.workers == 0:
-            return prediction_items(batch, [split(probs, maps) for probs, maps in inputs])
-        for probs, maps in inputs:
-            self.pool.submit(split_and_score, split, probs, maps, None)
-        return prediction_items(batch, [instances for _, (instances, _) in self.pool.drain()])
+            instances = [split(probs, maps) for probs, maps in inputs]
+        else:
+            for probs, maps in inputs:
+                self.pool.submit(split_and_score, split, probs, maps, None)
+            instances = [objects for _, (objects, _) in self.pool.drain()]
+        return prediction_items(batch, self.refined(batch["image"], instances))
 
     def configure_optimizers(self) -> dict[str, Any]:
         return warmup_cosine_optimization(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.resources
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ INPUT_SIZES = {"lite_medsam": 256, "vit_t": 1024, "vit_b": 1024, "vit_l": 1024, 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+#: Mask logit outside a prompt's decoding window (:meth:`PromptableSegmenter.decode_windows`):
+#: probability 0, finite so that resizing the mask stays finite.
+OUTSIDE_WINDOW = -1e4
 
 
 class PromptableSegmenter(nn.Module):
@@ -96,6 +100,7 @@ class PromptableSegmenter(nn.Module):
         boxes: torch.Tensor | None = None,
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
+        window: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks of N prompts on one image's embedding (1, 256, e, e).
 
@@ -103,6 +108,9 @@ class PromptableSegmenter(nn.Module):
             boxes: (N, 4) x0, y0, x1, y1 in the encoder's input pixels, or None.
             points: (N, P, 2) x, y in the encoder's input pixels, or None.
             point_labels: (N, P), 1 foreground, 0 background (default all 1).
+            window: None decodes each prompt against all e x e embeddings; a side in
+                embeddings decodes it against the window of that side centred on the prompt
+                (:meth:`decode_windows`): the mask is then zero outside the window.
 
         Returns:
             Mask logits (N, 1, S, S) at the encoder's input size and SAM's predicted IoU (N, 1).
@@ -114,17 +122,89 @@ class PromptableSegmenter(nn.Module):
             point_prompt = (points.float(), point_labels.float())
         box_prompt = None if boxes is None else boxes.float()[:, None, :]
         sparse, dense = self.prompt_encoder(points=point_prompt, boxes=box_prompt, masks=None)
-        logits, iou = self.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        image_pe = self.prompt_encoder.get_dense_pe()
+        if window is None:
+            logits, iou = self.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+        else:
+            extents = prompt_extents(boxes, points)
+            logits, iou = self.decode_windows(embedding, image_pe, sparse, dense, extents, window)
         if logits.shape[-1] != self.input_size:
             size = (self.input_size, self.input_size)
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits, iou
+
+    def decode_windows(
+        self,
+        embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        extents: torch.Tensor,
+        window: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prompt decoded against the ``window`` x ``window`` embeddings around it.
+
+        SAM's two-way transformer attends from every prompt over every embedding of the
+        image (4,096 on LiteMedSAM's 64 x 64 grid), which is most of a decoder call's cost; a
+        nucleus's box covers a few of them. The decoder takes any grid, so each prompt gets
+        the window of embeddings (and the matching crop of the dense positional encoding, so
+        positions stay those of the whole image) centred on its extent, grown to cover the
+        extent and one embedding around it, cut to the grid; prompts with the same window
+        are decoded together. The mask is 4 times the window, placed in a canvas of the whole
+        grid's mask whose logits elsewhere are :data:`OUTSIDE_WINDOW`.
+
+        Args:
+            embedding: (1, D, e, e); image_pe: (1, D, e, e); sparse: (N, T, D) and dense
+                (N, D, e, e) prompt embeddings; extents: (N, 4) x0, y0, x1, y1 of each
+                prompt in the encoder's input pixels; window: the side in embeddings.
+
+        Returns:
+            Low-resolution mask logits (N, 1, 4e, 4e) and predicted IoU (N, 1).
+        """
+        if window < 1:
+            raise ValueError(f"window must be >= 1 embeddings, got {window}")
+        grid = embedding.shape[-1]
+        cell = self.input_size / grid  # input px per embedding
+        count = sparse.shape[0]
+        logits = embedding.new_full((count, 1, 4 * grid, 4 * grid), OUTSIDE_WINDOW)
+        iou = embedding.new_zeros((count, 1))
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for index, (x0, y0, x1, y1) in enumerate(extents.tolist()):
+            side = max(window, math.ceil((y1 - y0) / cell) + 2, math.ceil((x1 - x0) / cell) + 2)
+            side = min(side, grid)
+            top = min(max(round((y0 + y1) / (2 * cell) - side / 2), 0), grid - side)
+            left = min(max(round((x0 + x1) / (2 * cell) - side / 2), 0), grid - side)
+            groups.setdefault((top, left, side), []).append(index)
+        for (top, left, side), indices in groups.items():
+            cut = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
+            part, part_iou = self.mask_decoder(
+                image_embeddings=embedding[cut],
+                image_pe=image_pe[cut],
+                sparse_prompt_embeddings=sparse[indices],
+                dense_prompt_embeddings=dense[indices][cut],
+                multimask_output=False,
+            )
+            rows, cols = slice(4 * top, 4 * (top + side)), slice(4 * left, 4 * (left + side))
+            logits[indices, :, rows, cols] = part.to(logits.dtype)
+            iou[indices] = part_iou.to(iou.dtype)
+        return logits, iou
+
+
+def prompt_extents(boxes: torch.Tensor | None, points: torch.Tensor | None) -> torch.Tensor:
+    """(N, 4) x0, y0, x1, y1 covering each prompt's box (N, 4) and points (N, P, 2)."""
+    parts = []
+    if boxes is not None:
+        parts.append(boxes.float().view(-1, 2, 2))
+    if points is not None:
+        parts.append(points.float())
+    corners = torch.cat(parts, dim=1)
+    return torch.cat([corners.amin(dim=1), corners.amax(dim=1)], dim=1)
 
 
 class SamPredictor:
@@ -172,6 +252,7 @@ class SamPredictor:
         points: np.ndarray | None = None,
         point_labels: np.ndarray | None = None,
         batch_size: int = 16,
+        window: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mask probabilities of N prompts on the image of :meth:`set_image`.
 
@@ -179,6 +260,8 @@ class SamPredictor:
             boxes: (N, 4) x0, y0, x1, y1 in image pixels.
             points: (N, P, 2) x, y in image pixels, and ``point_labels`` (N, P) 1/0.
             batch_size: prompts decoded at once (memory bound).
+            window: decode each prompt against the embeddings of a window of this side
+                around it, not the whole grid (:meth:`PromptableSegmenter.decode_windows`).
 
         Returns:
             Probabilities (N, H, W) float32 and SAM's predicted IoU (N,).
@@ -199,6 +282,7 @@ class SamPredictor:
                 boxes=self._tensor(boxes, part),
                 points=self._tensor(points, part),
                 point_labels=None if point_labels is None else self._tensor(point_labels, part, 1),
+                window=window,
             )
             logits = logits[..., :new_h, :new_w]
             logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)

@@ -151,7 +151,15 @@ def split_and_score(
     :func:`~protoseg.metrics.functional.nuclei_scores`, on the target's grid where that is
     another (the instances resized to it by nearest neighbour). A module-level function, so
     that a worker process can run it."""
-    instances = split(probs, guide)
+    return score_instances(split(probs, guide), target, iou_threshold)
+
+
+def score_instances(
+    instances: np.ndarray, target: np.ndarray | None, iou_threshold: float = 0.5
+) -> tuple[np.ndarray, dict[str, float] | None]:
+    """``instances`` and, given the true instance map ``target``, their
+    :func:`~protoseg.metrics.functional.nuclei_scores` on the target's grid (the instances
+    resized to it by nearest neighbour where it is another)."""
     if target is None:
         return instances, None
     on_grid = resize_nearest(instances, target.shape)

@@ -19,7 +19,7 @@ from protoseg.io.errors import DataError
 from protoseg.lightning_modules import segmentation
 from protoseg.lightning_modules.segmentation import SegmentationModule
 from protoseg.modules.networks import UNet
-from protoseg.postprocess import DistanceSplit, ThreeClassWatershed
+from protoseg.postprocess import DistanceSplit, SamRefinement, ThreeClassWatershed
 from protoseg.scoring import score_predictions
 
 
@@ -219,3 +219,43 @@ def test_same_seed_same_training(tiny_monuseg_root: Path) -> None:
     first, second = train_once(), train_once()
     for key in first:
         torch.testing.assert_close(first[key], second[key])
+
+
+class Erases(SamRefinement):
+    """A refinement that erases every object, and records what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(progress=False)
+        self.loads, self.given = 0, []
+
+    def load(self):  # noqa: ANN201 - no SAM model needed to check the wiring
+        self.loads += 1
+
+    def forward(self, image: np.ndarray, instances: np.ndarray) -> np.ndarray:
+        self.given.append((image, instances))
+        return np.zeros_like(instances)
+
+
+def test_refine_redraws_the_split_in_validation_and_prediction(tiny_monuseg_root: Path) -> None:
+    """``refine`` gets each image's own RGB pixels and the split's instances; its maps are
+    the ones scored and predicted, and neither its settings nor a model reach the checkpoint."""
+    L.seed_everything(0)
+    model = tiny_module(postprocess=DistanceSplit(min_area=3), refine=Erases())
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    data = tiny_data(tiny_monuseg_root, val_fraction=0.0)  # every image scores
+    (metrics,) = trainer.validate(model, datamodule=data)
+    assert model.refine.loads == 1, "loaded before the first image"
+    assert metrics["val/pixel_dice"] == 0.0
+    first = sorted((tiny_monuseg_root / "images").iterdir())[0]
+    image, instances = model.refine.given[0]
+    np.testing.assert_array_equal(image, np.array(Image.open(first)))
+    refine, model.refine = model.refine, None
+    split = model.predict_instances(data.val_dataset[0]["image"][None])[0]
+    pairs = np.unique(np.stack([instances.ravel(), split.ravel()]), axis=1)
+    assert instances.any() and len(pairs[0]) == len(np.unique(split)), "the split's objects"
+    assert trainer.validate(model, datamodule=data)[0]["val/pixel_dice"] > 0, "objects found"
+    model.refine = refine
+    items = [item for batch in trainer.predict(model, datamodule=data) for item in batch]
+    assert len(items) == 3 and not any(item["instances"].any() for item in items)
+    assert "refine" not in model.hparams
+    assert not any(key.startswith("refine") for key in model.state_dict())
