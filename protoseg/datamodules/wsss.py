@@ -472,6 +472,11 @@ class WSSSDataModule(L.LightningDataModule):
             paired.append(replace(record, mask_path=mask))
         return paired
 
+    def training_images(self) -> TissueImageDataset:
+        """The training records (:meth:`train_records`) as whole, unaugmented images with
+        their image-level labels (e.g. to calibrate a classifier's label thresholds)."""
+        return self._whole(self.train_records())
+
     def predict_records(self) -> list[TissueRecord]:
         """The images predict writes maps for (see ``predict_dir``)."""
         given = self.hparams.predict_dir

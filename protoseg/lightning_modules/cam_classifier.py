@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from protoseg.io.class_maps import TissueClasses, colour_classes, overlay_classes
@@ -25,6 +27,7 @@ from protoseg.lightning_modules.time_budget import warmup_cosine_optimization
 from protoseg.metrics.tissue import TissueMetrics
 from protoseg.modules.cam import bright_background, rotation_averaged_cams
 from protoseg.modules.cam_sam import cam_class_map
+from protoseg.modules.image_labels import balanced_pos_weight, midpoint_logits
 from protoseg.visualize import cam_picture
 
 Batch = dict[str, Any]
@@ -52,10 +55,18 @@ class CAMClassifierModule(L.LightningModule):
         background_brightness: darkest-channel value from which a pixel is glass
             (:func:`~protoseg.modules.cam.bright_background`).
         min_score: CAM below which a pixel is unsure in the CAM pseudo mask.
+        pos_weight: weight of each class's positive term in the BCE (torch's ``pos_weight``,
+            K values), or ``balanced``: each class's count of training images without it
+            over the count with it, from the datamodule's ``train_records()`` image-level
+            labels when the fit starts, so that a class in few images (normal tissue in 3 of
+            WSSS4LUAD's 41) weighs as much as one in most; None: 1 for every class.
         label_threshold: class probability from which an image without a given label
             (``protoseg predict`` of new images) is predicted to hold a class; its most
-            probable class always (0.5 by default; the CAM + SAM chain's value was chosen on
-            a tuning fold of WSSS4LUAD, docs/cam_sam.md). Also ``val/f1``'s threshold.
+            probable class always. ``training``: per class, halfway between the highest
+            whole-image logit of a training image without the class and the lowest of one
+            with it (:func:`~protoseg.modules.image_labels.midpoint_logits`), computed from
+            the datamodule's ``training_images()`` when a fit saves a checkpoint, and
+            stored in it (docs/cam_sam.md). Also ``val/f1``'s threshold.
         val_labels: the image-level label of the validation CAM pseudo masks: ``given``
             (the classes of each image's mask: the pseudo masks of labelled images) or
             ``predicted`` (the classifier's own, as ``predict`` does for new images).
@@ -72,7 +83,8 @@ class CAMClassifierModule(L.LightningModule):
         val_rotations: int = 1,
         background_brightness: float = 200.0,
         min_score: float = 0.0,
-        label_threshold: float = 0.5,
+        pos_weight: list[float] | Literal["balanced"] | None = None,
+        label_threshold: float | Literal["training"] = 0.5,
         val_labels: Literal["given", "predicted"] = "given",
         num_log_images: int = 4,
         normalization: Normalization = IMAGENET_NORMALIZATION,
@@ -80,8 +92,18 @@ class CAMClassifierModule(L.LightningModule):
         super().__init__()
         if net.num_classes != len(class_names):
             raise ValueError(f"net has {net.num_classes} classes, class_names {len(class_names)}")
-        if not 0.0 <= label_threshold < 1.0:
-            raise ValueError(f"label_threshold must be in [0, 1), got {label_threshold}")
+        if label_threshold != "training" and not (
+            isinstance(label_threshold, float | int) and 0.0 <= label_threshold < 1.0
+        ):
+            raise ValueError(
+                f"label_threshold must be in [0, 1) or 'training', got {label_threshold!r}"
+            )
+        if isinstance(pos_weight, str) and pos_weight != "balanced":
+            raise ValueError(f"pos_weight must be K weights or 'balanced', got {pos_weight!r}")
+        if isinstance(pos_weight, list) and (
+            len(pos_weight) != len(class_names) or min(pos_weight) <= 0
+        ):
+            raise ValueError(f"pos_weight needs {len(class_names)} weights > 0, got {pos_weight}")
         if val_labels not in ("given", "predicted"):
             raise ValueError(f"val_labels must be 'given' or 'predicted', got {val_labels!r}")
         save_init_hyperparameters(self)
@@ -90,6 +112,12 @@ class CAMClassifierModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.val_metrics = TissueMetrics(self.class_names, prefix="val/")
         self._f1_counts = torch.zeros(3)
+        # label_threshold: training's (K,) decision logits, and the step they were computed at.
+        self.label_logits: torch.Tensor | None = None
+        self._calibrated_step = -1
+        self.pos_weight: torch.Tensor | None = (
+            torch.tensor(pos_weight, dtype=torch.float32) if isinstance(pos_weight, list) else None
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> logits (B, K) and raw class maps (B, K, h, w)."""
@@ -102,9 +130,17 @@ class CAMClassifierModule(L.LightningModule):
                 "have none: name them <stem>-[1, 0, 0].png as LUAD-HistoSeg does"
             )
         logits, _ = self.net(batch["image"])
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+        weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        loss = F.binary_cross_entropy_with_logits(
+            logits.float(), batch["labels"].float(), pos_weight=weight
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
+
+    def on_fit_start(self) -> None:
+        if self.hparams.pos_weight == "balanced":
+            self.pos_weight = balanced_pos_weight(training_image_labels(self.trainer.datamodule))
+            rank_zero_info(f"pos_weight (balanced): {self.pos_weight.tolist()}")
 
     def cams(self, images: torch.Tensor, rotations: int) -> torch.Tensor:
         """(B, 3, H, W) -> normalised CAMs (B, K, H, W), averaged over ``rotations`` turns."""
@@ -137,13 +173,59 @@ class CAMClassifierModule(L.LightningModule):
 
     def predicted_labels(self, images: torch.Tensor) -> np.ndarray:
         """(B, K) bool image-level labels the classifier predicts for whole images: class
-        probability above ``label_threshold``, and each image's most probable class."""
-        probs = self.net(images)[0].sigmoid().float().cpu().numpy()
-        return (probs > self.hparams.label_threshold) | (probs == probs.max(1, keepdims=True))
+        probability above ``label_threshold`` (logit above :meth:`decision_logits`), and
+        each image's most probable class."""
+        logits = self.net(images)[0].float()
+        above = logits > self.decision_logits().to(logits.device)
+        return (above | (logits == logits.amax(1, keepdim=True))).cpu().numpy()
+
+    def decision_logits(self) -> torch.Tensor:
+        """(K,) the logit above which a class is predicted: ``label_threshold``'s, or its
+        calibration on the training images (recomputed while fitting when the weights have
+        changed since; read from the checkpoint otherwise)."""
+        threshold = self.hparams.label_threshold
+        if threshold != "training":
+            return torch.logit(torch.tensor(float(threshold))).expand(self.net.num_classes)
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if self.label_logits is None or (fitting and self._calibrated_step != self.global_step):
+            self.label_logits = self.calibrate_label_logits()
+            self._calibrated_step = self.global_step
+            rank_zero_info(f"label_threshold (training), logits: {self.label_logits.tolist()}")
+        return self.label_logits
+
+    def calibrate_label_logits(self) -> torch.Tensor:
+        """(K,) :func:`~protoseg.modules.image_labels.midpoint_logits` of the whole training
+        images (the datamodule's ``training_images()``: items with ``image`` (3, H, W) and
+        ``labels`` (K,)), in eval mode."""
+        source = getattr(self._trainer, "datamodule", None)
+        images = getattr(source, "training_images", None)
+        if not callable(images):
+            raise ValueError(
+                "label_threshold: training needs the training images (a datamodule with "
+                "training_images(), e.g. WSSSDataModule), or a checkpoint of a fit with it"
+            )
+        was_training = self.training
+        self.eval()
+        logits, labels = [], []
+        with torch.no_grad():
+            for item in images():
+                logits.append(self.net(item["image"][None].to(self.device))[0][0].float().cpu())
+                labels.append(item["labels"] > 0.5)
+        self.train(was_training)
+        return midpoint_logits(torch.stack(logits), torch.stack(labels))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.hparams.label_threshold == "training":
+            checkpoint["label_logits"] = self.decision_logits().tolist()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "label_logits" in checkpoint:
+            self.label_logits = torch.tensor(checkpoint["label_logits"], dtype=torch.float32)
+            self._calibrated_step = int(checkpoint.get("global_step", -1))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits, _ = self.net(batch["image"])
-        predicted = logits.sigmoid() > self.hparams.label_threshold
+        predicted = logits.float() > self.decision_logits().to(logits.device)
         truth = batch["labels"] > 0.5
         counts = torch.stack(
             [(predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()]
@@ -203,3 +285,21 @@ class CAMClassifierModule(L.LightningModule):
         return warmup_cosine_optimization(
             self, self.parameters(), self.optimizer_factory, self.hparams.warmup_steps, 1e-3
         )
+
+
+def training_image_labels(datamodule: Any) -> np.ndarray:
+    """(N, K) bool image-level labels of a datamodule's training images (``train_records()``,
+    each record's ``labels``; e.g. :class:`~protoseg.datamodules.wsss.WSSSDataModule`).
+
+    Raises:
+        ValueError: the datamodule lists no training records, or one without a label.
+    """
+    records = getattr(datamodule, "train_records", None)
+    labels = [getattr(r, "labels", None) for r in records()] if callable(records) else []
+    if not labels or any(label is None for label in labels):
+        raise ValueError(
+            "pos_weight: balanced needs the training images' image-level labels (a datamodule "
+            "with train_records(), e.g. WSSSDataModule, whose images are named <stem>-[1, 0, 0]"
+            ".png); give the weights as a list instead"
+        )
+    return np.asarray(labels) > 0.5
