@@ -7,6 +7,9 @@ scores the label-free ways of predicting the validation images from a trained ch
   classes of each mask: the upper bound of the CAM path, not label-free);
 - ``cam_predicted@T``: the same CAMs gated by the classifier's PREDICTED image-level labels
   (class probability > T, and its most probable class), for each T of ``--thresholds``;
+- ``cam_predicted@training``: the same with per-class thresholds calibrated on the 41
+  training images (``label_threshold: training``,
+  :func:`~protoseg.modules.image_labels.midpoint_logits` of their whole-image logits);
 - ``head:<name>``: a semantic head's own prediction (each ``--head NAME=CKPT``);
 - ``head:<name> gated@T``: that head's logits with the classes the classifier does not
   predict (at T) removed (the background kept).
@@ -42,6 +45,7 @@ from protoseg.lightning_modules.semantic import SemanticSegmentationModule
 from protoseg.metrics.tissue import scored_confusion, tissue_scores
 from protoseg.modules.cam import bright_background
 from protoseg.modules.cam_sam import cam_class_map
+from protoseg.modules.image_labels import midpoint_logits
 
 CLASSES = ("tumor", "stroma", "normal")
 PALETTE = [[0, 64, 128], [64, 128, 0], [243, 152, 0], [255, 255, 255]]
@@ -66,9 +70,20 @@ def crop_probabilities(classifier: Any, image: torch.Tensor) -> np.ndarray:
     return logits.sigmoid()[0].numpy()
 
 
-def gate(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """(K,) bool predicted classes: probability above ``threshold``, and the most probable."""
+def gate(probs: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """(K,) bool predicted classes: probability above ``threshold`` (one, or per class), and
+    the most probable."""
     return (probs > threshold) | (probs == probs.max())
+
+
+def training_calibration(classifier: Any, data: WSSSDataModule) -> np.ndarray:
+    """(K,) per-class probability thresholds of ``label_threshold: training`` for this
+    classifier: the midpoints of its whole-image logits on the training images."""
+    logits, labels = [], []
+    for item in data.training_images():
+        logits.append(classifier.net(item["image"][None])[0][0].float())
+        labels.append(item["labels"] > 0.5)
+    return midpoint_logits(torch.stack(logits), torch.stack(labels)).sigmoid().numpy()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         args.data_root, list(CLASSES), background_code=3, palette=PALETTE, num_workers=0
     )
     data.setup("validate")
+    calibrated = training_calibration(classifier, data)
+    print(f"thresholds calibrated on the training images: {np.round(calibrated, 4).tolist()}")
     brightness = classifier.hparams.background_brightness
     norm = classifier.hparams.normalization
 
@@ -134,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
                 time.perf_counter() - start
             )
             add(f"cam_given x{turns}", stem, cam_class_map(cams, truth, background, 0.0), mask)
+            pred = cam_class_map(cams, gate(probs, calibrated), background, 0.0)
+            add(f"cam_predicted@training x{turns}", stem, pred, mask)
             for t in args.thresholds:
                 present = gate(probs, t)
                 pred = cam_class_map(cams, present, background, 0.0)
@@ -187,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         "folds": {"tuning": list(TUNE), "report": "the other 21", "all_31": "every image"},
         "rotation_fold": args.rotation_fold,
         "chosen_on_tuning_fold": chosen,
+        "training_calibrated_thresholds": np.round(calibrated, 4).tolist(),
         "scores": scores,
         "cam_seconds": {k: round(v, 1) for k, v in seconds.items()},
         "validation_image_probabilities": probabilities,
