@@ -23,6 +23,8 @@ paths, and the steps, each a ``protoseg`` subcommand with its arguments::
     results:                          # the rows a report shows (protoseg report --readme)
       - row: PSM pseudo masks (activation net + k-means)
         step: psm validation
+    predict:                          # how the chain's model predicts new images
+      args: [--config=configs/psm/segment_monuseg.yaml, "--ckpt_path={head}/checkpoints/last.ckpt"]
 
 Every step runs as ``protoseg <command> <arguments>`` would, in this process: a Lightning step
 (fit / validate / test / predict) gets its ``args``, then the file's ``overrides``, then the
@@ -43,7 +45,9 @@ folder and runs the rest. Every stage
 seeds itself (``seed_everything`` of its config), so a resumed chain ends with the figures of
 an uninterrupted one. The figures, wall times, the summary rows of ``results`` and the
 command, commit, machine and date go to one JSON (``--output``, default
-``RUN_DIR/result.json``).
+``RUN_DIR/result.json``), with ``predict``'s arguments as ``predict_config`` (its configs) and
+``predict_command``: how to predict new images with what the chain made (e.g. its test set,
+scored independently); the chain itself does not run it.
 """
 
 from __future__ import annotations
@@ -107,6 +111,17 @@ class Chain:
     overrides: list[str]
     steps: list[Step]
     results: list[dict[str, str]]
+    predict: list[str] = field(default_factory=list)
+
+    def predict_record(self) -> dict[str, Any]:
+        """``predict_config`` (the ``--config`` files of ``predict``) and ``predict_command``
+        (``protoseg predict`` with its arguments, ROOT and OUT standing for the images and
+        the folder), or nothing when the file names no ``predict``."""
+        if not self.predict:
+            return {}
+        configs = [arg.split("=", 1)[1] for arg in self.predict if arg.startswith("--config=")]
+        words = ["protoseg", "predict", *self.predict, "--data.root", "ROOT", "--output_dir", "OUT"]
+        return {"predict_config": configs, "predict_command": shlex.join(words)}
 
     def argv(self, step: Step, overrides: Sequence[str] = (), own: Sequence[str] = ()) -> list[str]:
         """The arguments ``step`` runs with (after its command), see the module docstring."""
@@ -153,7 +168,7 @@ def load_chain(path: str | Path, run_dir: str | Path | None = None) -> Chain:
         raise DataError(f"{path}: not YAML ({error})") from error
     _require(isinstance(spec, dict), path, "expected a mapping with 'steps'")
     known = {"name", "description", "labels", "run_dir", "artifacts", "overrides", "steps"}
-    known |= {"results"}
+    known |= {"results", "predict"}
     unknown = set(spec) - known
     _require(not unknown, path, f"unknown keys {sorted(unknown)} (known: {sorted(known)})")
     root = Path(run_dir if run_dir is not None else spec.get("run_dir", f"runs/{path.stem}"))
@@ -207,6 +222,14 @@ def load_chain(path: str | Path, run_dir: str | Path | None = None) -> Chain:
         ok = isinstance(row, dict) and {"row", "step"} <= set(row) <= {"row", "step", "metrics"}
         _require(ok, path, f"results {index}: expected keys row, step and (optional) metrics")
         _require(row["step"] in step_names, path, f"results {index}: unknown step {row['step']!r}")
+    predict = spec.get("predict") or {}
+    _require(
+        isinstance(predict, dict)
+        and set(predict) <= {"args"}
+        and _strings(predict.get("args", [])),
+        path,
+        "predict: expected a mapping with args (a list of arguments)",
+    )
     return Chain(
         path=path,
         name=str(spec.get("name", path.stem)),
@@ -217,6 +240,7 @@ def load_chain(path: str | Path, run_dir: str | Path | None = None) -> Chain:
         overrides=list(overrides),
         steps=steps,
         results=list(results),
+        predict=[expand(arg, "predict", names)[0] for arg in predict.get("args", [])],
     )
 
 
@@ -581,6 +605,7 @@ def run_chain(
         ),
         "steps_from_earlier_runs": ledger.kept,
         "summary": summary_rows(chain, steps),
+        **chain.predict_record(),
     }
 
 

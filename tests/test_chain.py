@@ -4,6 +4,7 @@ a tiny root, resumed midway."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,30 @@ def test_plan_prints_plain_commands_with_the_overrides_in_order(tmp_path: Path) 
     assert "--trainer.max_steps=3" not in lines[0]
 
 
+def test_the_psm_chain_names_how_its_head_predicts_new_images(tmp_path: Path) -> None:
+    """The result JSON's predict_config and predict_command: the head's config with the
+    Segment Anything refinement on, and the checkpoint the head fit writes."""
+    chain = load_chain(ROOT / "configs/chains/monuseg_psm.yaml", tmp_path / "run")
+    record = chain.predict_record()
+    assert record["predict_config"] == [
+        "configs/psm/segment_monuseg.yaml",
+        "configs/refine/sam.yaml",
+    ]
+    for config in record["predict_config"]:
+        assert (ROOT / config).is_file()
+    head = chain.artifacts[next(s.writes for s in chain.steps if s.name == "head fit")]
+    assert f"--ckpt_path={head.as_posix()}/checkpoints/last.ckpt" in record["predict_command"]
+    assert record["predict_command"].endswith("--data.root ROOT --output_dir OUT")
+    # make bench-monuseg-psm predicts the test images so.
+    made = subprocess.run(
+        ["make", "-n", "bench-monuseg-psm"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    line = next(line for line in made.splitlines() if "protoseg predict" in line)
+    assert line.split().count("--config") == len(record["predict_config"])
+    for config in record["predict_config"]:
+        assert f"--config {config}" in line
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -139,6 +164,8 @@ def test_plan_prints_plain_commands_with_the_overrides_in_order(tmp_path: Path) 
             "steps:\n  - {name: a, command: fit}\nresults:\n  - {row: r, step: b}\n",
             "results 1: unknown step 'b'",
         ),
+        ("steps:\n  - {name: a, command: fit}\npredict: [x]\n", "predict: expected a mapping"),
+        ("steps:\n  - {name: a, command: fit}\npredict: {args: ['{b}']}\n", "{b} names no"),
     ],
 )
 def test_a_bad_chain_file_is_named(tmp_path: Path, text: str, problem: str) -> None:
@@ -228,6 +255,8 @@ def test_a_chain_resumed_after_its_stage_fit_ends_as_an_uninterrupted_one(
     assert [(r["scored"], r["images"], r["labels"]) for r in rows] == [("fit", 3, "none")] * 2
     assert set(rows[1]["metrics"]) == {"aji", "object_dice", "pq", "pixel_dice"}
     assert rows[1]["metrics"]["aji"] == full["steps"]["head validation"]["metrics"]["aji"]
+    head = (run_dir / "segment" / "checkpoints" / "last.ckpt").as_posix()
+    assert f"--ckpt_path={head}" in full["predict_command"] and full["predict_config"]
 
     ledger = run_dir / LEDGER_NAME
     saved = json.loads(ledger.read_text())

@@ -17,10 +17,10 @@ from protoseg.modules.networks import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 # Section presets, passed beside a stage config (``--config configs/trainer/X.yaml``,
-# ``--data configs/wsi/X.yaml``), are not stage configs; the WSI data fragment runs end to end
-# in tests/callbacks/test_slide_writer.py. Chain files (configs/chains) are tested in
-# tests/test_chain.py.
-SECTION_PRESET_DIRS = ("trainer", "wsi", "chains")
+# ``--data configs/wsi/X.yaml``, ``--config configs/refine/X.yaml``), are not stage configs; the
+# WSI data fragment runs end to end in tests/callbacks/test_slide_writer.py, the refinement in
+# tests/test_cli.py. Chain files (configs/chains) are tested in tests/test_chain.py.
+SECTION_PRESET_DIRS = ("trainer", "wsi", "chains", "refine")
 STAGE_CONFIGS = sorted(
     p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in SECTION_PRESET_DIRS
 )
@@ -57,6 +57,26 @@ def test_checkpoint_callback_comes_last(config: Path) -> None:
 @pytest.mark.parametrize("preset", TRAINER_PRESETS, ids=lambda p: p.stem)
 def test_trainer_presets_only_set_trainer_keys(preset: Path) -> None:
     assert set(yaml.safe_load(preset.read_text())) == {"trainer"}
+
+
+def test_the_refine_preset_turns_sam_on_beside_a_heads_config(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """configs/refine/sam.yaml sets the head's refine part only, and beside the PSM head's
+    config it is the part's own defaults (what make bench-psm-sam measures)."""
+    preset = ROOT / "configs" / "refine" / "sam.yaml"
+    assert yaml.safe_load(preset.read_text())["model"].keys() == {"init_args"}
+    assert yaml.safe_load(preset.read_text())["model"]["init_args"].keys() == {"refine"}
+    head = ROOT / "configs" / "psm" / "segment_monuseg.yaml"
+    with pytest.raises(SystemExit):
+        main(["predict", f"--config={head}", f"--config={preset}", "--print_config"])
+    refine = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["refine"]
+    from protoseg.postprocess.sam_refine import SamRefinement
+
+    defaults = SamRefinement()
+    assert refine["class_path"] == "protoseg.postprocess.sam_refine.SamRefinement"
+    for name in ("checkpoint", "margin", "tile_overlap", "decoder_window"):
+        assert refine["init_args"][name] == getattr(defaults, name), name
 
 
 def prototype_stage(config: Path) -> bool:
