@@ -22,8 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from protoseg.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from protoseg.datamodules.wsss import TissueImageStore, find_masked_records
+from protoseg.datamodules.wsss import (
+    TissueImageStore,
+    find_masked_records,
+    find_training_records,
+)
 from protoseg.io.errors import DataError
+from protoseg.io.images import read_rgb
 from protoseg.io.outputs import check_output_file
 from protoseg.io.prototype_files import IGNORE, Clusters, load_clusters, write_names
 from protoseg.modules.prototypes import (
@@ -53,6 +58,12 @@ def patch_classes(indices: np.ndarray, stride: int, window: int, num_classes: in
     return torch.where(background, num_classes, tissue).numpy().astype(np.int64)
 
 
+def cell_embeddings(embedder: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """(N, D) embeddings of an (H, W, 3) uint8 image's cells, row by row."""
+    grid = embedder(normalize(image, IMAGENET_MEAN, IMAGENET_STD)[None])[0].numpy()
+    return grid.reshape(grid.shape[0], -1).T
+
+
 @torch.no_grad()
 def annotated_patches(
     clusters: Clusters, root: Path, stems: Sequence[str]
@@ -69,10 +80,30 @@ def annotated_patches(
     for stem in stems:
         image, indices = store.load(records[stem])
         assert indices is not None
-        grid = embedder(normalize(image, IMAGENET_MEAN, IMAGENET_STD)[None])[0].numpy()
-        embeddings.append(grid.reshape(grid.shape[0], -1).T)
+        embeddings.append(cell_embeddings(embedder, image))
         count = clusters.classes.num_classes
         classes.append(patch_classes(indices, embedder.stride, embedder.window, count))
+    return np.concatenate(embeddings), np.concatenate(classes)
+
+
+@torch.no_grad()
+def labelled_patches(clusters: Clusters, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings (N, D) and classes (N,) of every embedding cell of the images of a
+    folder whose image-level label (in the file name) names exactly one class: the class of
+    that label (images with several classes or none say nothing about a patch).
+
+    Raises:
+        DataError: no image in ``folder`` has a one-class label.
+    """
+    count = clusters.classes.num_classes
+    records = [r for r in find_training_records(folder, count) if r.labels and sum(r.labels) == 1]
+    if not records:
+        raise DataError(f"{folder}: no image has an image-level label of one class")
+    embedder = build_embedder(clusters.embedder).eval()
+    embeddings, classes = [], []
+    for record in records:
+        embeddings.append(cell_embeddings(embedder, read_rgb(record.image_path)))
+        classes.append(np.full(embeddings[-1].shape[0], record.labels.index(1), np.int64))
     return np.concatenate(embeddings), np.concatenate(classes)
 
 
@@ -82,12 +113,19 @@ def simulated_names(
     classes: np.ndarray,
     exemplars: int = 10,
     purity: float = 0.8,
+    given: dict[int, str] | None = None,
 ) -> dict[int, str]:
-    """Each cluster's name from annotated patches (see the module's docstring)."""
+    """Each cluster's name from annotated patches (see the module's docstring); with
+    ``given`` (names from another source, e.g. masks), only the clusters it leaves ``ignore``
+    are named from these patches (e.g. those of images whose image-level label names one
+    class: each such patch shows that class, or glass that a mask-named cluster holds)."""
     assignment, _ = nearest_prototype(embeddings, clusters.centroids)
     names = clusters.classes.output_names
     named: dict[int, str] = {}
     for k, centroid in enumerate(clusters.centroids):
+        if given is not None and given[k] != IGNORE:
+            named[k] = given[k]
+            continue
         members = np.flatnonzero(assignment == k)
         nearest = members[np.argsort(-(embeddings[members] @ centroid), kind="stable")][:exemplars]
         votes = np.bincount(classes[nearest], minlength=256)[: len(names)]
@@ -118,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         required=True,
         help="stems of the images used (separate arguments, or one with commas or spaces)",
     )
+    parser.add_argument(
+        "--labelled",
+        default=None,
+        help="a folder of images with image-level labels in their names (the training "
+        "patches): clusters the masks leave unnamed are named from its one-class images",
+    )
     parser.add_argument("--output", required=True, help="names file to write (JSON)")
     parser.add_argument("--exemplars", type=int, default=10, help="patches judged per cluster")
     parser.add_argument("--purity", type=float, default=0.8, help="least share of one class")
@@ -133,15 +177,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     clusters = load_clusters(args.clusters)
     embeddings, classes = annotated_patches(clusters, Path(args.root), args.images)
     names = simulated_names(clusters, embeddings, classes, args.exemplars, args.purity)
-    named = sum(name != IGNORE for name in names.values())
     info: dict[str, Any] = {
         "oracle": f"masks of {len(args.images)} images of {args.root}",
         "images": list(args.images),
-        "named": named,
     }
+    if args.labelled is not None:
+        by_mask = sum(name != IGNORE for name in names.values())
+        embeddings, classes = labelled_patches(clusters, Path(args.labelled))
+        names = simulated_names(
+            clusters, embeddings, classes, args.exemplars, args.purity, given=names
+        )
+        info["oracle"] += f", then the one-class image-level labels of {args.labelled}"
+        info["named_by_masks"] = by_mask
+    named = sum(name != IGNORE for name in names.values())
+    info["named"] = named
     path = write_names(args.output, names, **info)
     print(
-        f"protoseg: {named} of {len(names)} clusters named from {len(args.images)} masks "
-        f"-> {path.resolve()}"
+        f"protoseg: {named} of {len(names)} clusters named from {len(args.images)} masks"
+        f"{'' if args.labelled is None else ' and one-class image labels'} -> {path.resolve()}"
     )
     return 0

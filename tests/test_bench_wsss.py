@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tissue_codes, tissue_picture, write_palette_png
 from PIL import Image
 
@@ -112,3 +113,23 @@ def test_benchmark_runs_on_a_tiny_root(tmp_path: Path) -> None:
     assert all(s["peak_rss_mib"] > 50 for s in result["stages"].values())
     assert [row["scored"] for row in result["summary"]] == ["held-out"] * 4
     assert result["kept_steps"] == []  # a fresh run keeps nothing
+
+
+def test_head_study_sees_what_the_resized_fit_sees() -> None:
+    from benchmarks.wsss4luad_prototype_heads import holding_of, view
+
+    target = np.zeros((40, 80), np.uint8)
+    target[:, 40:] = 1
+    grid, mask = view(torch.randn(256, 10, 20), target)
+    assert grid.shape == (256, 64, 64) and mask.shape == (256, 256)
+    assert mask[:, :128].eq(0).all() and mask[:, 128:].eq(1).all()
+    # per class, the samples that hold it; a class no sample holds is never drawn
+    labels = [np.array([1, 0, 0]), np.array([1, 1, 0])]
+    assert holding_of(labels) == [[0, 1], [1]]
+
+
+def test_the_prototype_sam_study_imports() -> None:
+    # its embeddings come from SamEncoderEmbedder's cache (the study's own cache reader is gone)
+    import benchmarks.wsss4luad_prototypes_sam as study
+
+    assert study.GRID and callable(study.main)
