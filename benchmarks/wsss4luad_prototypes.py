@@ -6,9 +6,9 @@ references, scored on the validation masks.
    patch embeddings + k-means -> names from the simulated pathologist (the masks of the six
    *tuning* images, :func:`tuning_split`) -> prototype dictionary -> pseudo masks of the
    training patches -> semantic head -> the head's maps of the validation images.
-2. The dictionary's maps of the validation images (to score the pseudo masks on all 31).
-3. Supervised reference: the same head trained on the validation masks, k-fold
+2. Supervised reference: the same head trained on the validation masks, k-fold
    cross-validation, every image predicted by the fold that did not train on it.
+3. The dictionary's maps of the validation images (to score the pseudo masks on all 31).
 4. Network-free colour baseline: the same prototype stage on optical density instead of SSL
    features (its own k-means and simulated names), no head.
 
@@ -55,6 +55,12 @@ COLOUR_EMBEDDER = "protoseg.modules.prototypes.ColourEmbedder"
 # The chain's head-fit arguments beyond its config (configs/chains/wsss4luad_prototypes.yaml),
 # given to the supervised reference too, so that the two heads differ only in their masks.
 HEAD_ARGS = ["--data.balance_classes=true"]
+NAMING = (
+    "protoseg name-clusters: every 8 px patch of the 6 tuning images goes to its nearest "
+    "centroid; a cluster is named with the class of >= 80% of its 10 patches nearest the "
+    "centroid (a patch's class: background if it covers > 50% of the 32 px patch (the "
+    "embedder's window), else its main tissue), else ignore (no --labelled)"
+)
 
 
 def tuning_split(mask_dir: Path, seed: int = 0) -> list[str]:
@@ -243,6 +249,7 @@ def main() -> None:
         "accelerator": args.accelerator,
         "overrides": args.override,
         "colour_args": args.colour_arg,
+        "naming": NAMING,
     }
     val_root = data / "validation"
     tuning = tuning_split(val_root / "mask")
@@ -258,14 +265,8 @@ def main() -> None:
     encoder = chain_dir / "ssl" / "encoder.ckpt"
     dictionary = chain_dir / "naming" / "dictionary.npz"
 
-    # 2. The dictionary's maps of all 31 validation images.
-    embedder = [f"--model.init_args.embedder.init_args.weights={encoder}"]
-    base = ["predict", f"--config={PROTOTYPE_CONFIG}", *embedder, f"--data.root={data}"]
-    base += ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
-    pseudo_val = refs / "pseudo_masks_val"
-    query(ledger, "pseudo masks val", base, dictionary, val_root, pseudo_val)
-
-    # 3. Supervised reference: the same head on the validation masks, k-fold.
+    # 2. Supervised reference: the same head on the validation masks, k-fold (first: it does
+    # not depend on the naming, so a resumed run that renames keeps it).
     supervised_val = refs / "supervised_val"
     steps = [] if reference_steps is None else [f"--trainer.max_steps={reference_steps}"]
     for fold in range(args.folds):
@@ -284,6 +285,13 @@ def main() -> None:
             f"supervised predict{fold}",
             lambda f=fold, d=fold_dir: predict_fold(f, args.folds, d, data, supervised_val, logs),
         )
+
+    # 3. The dictionary's maps of all 31 validation images.
+    embedder = [f"--model.init_args.embedder.init_args.weights={encoder}"]
+    base = ["predict", f"--config={PROTOTYPE_CONFIG}", *embedder, f"--data.root={data}"]
+    base += ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    pseudo_val = refs / "pseudo_masks_val"
+    query(ledger, "pseudo masks val", base, dictionary, val_root, pseudo_val)
 
     # 4. Network-free colour baseline: the prototype stage on optical density, no head.
     colour = [f"--model.init_args.embedder={COLOUR_EMBEDDER}"]
@@ -312,10 +320,7 @@ def main() -> None:
         "chain": CHAIN,
         "tuning_images": tuning,
         "held_out_images": 31 - len(tuning),
-        "simulated_pathologist": "protoseg name-clusters: every 8 px patch of the 6 tuning "
-        "images goes to its nearest centroid; a cluster is named with the class of >= 80% of "
-        "its 10 patches nearest the centroid (a patch's class: background if it covers > 50% "
-        "of the 32 px patch (the embedder's window), else its main tissue), else ignore",
+        "simulated_pathologist": NAMING,
         "clusters": naming_record(chain_dir / "naming" / "names.json"),
         "pseudo_masks": pseudo_scores,
         "head": head_scores,

@@ -7,7 +7,9 @@ by looking at its exemplars; this one looks at the patches of a few annotated im
 shows (background where that covers most of it, else its main tissue class); and a cluster is
 named with the class of at least ``purity`` of its ``exemplars`` patches nearest the centroid
 (Proto2Seg: 10 exemplars, clusters under 0.8 purity dropped). Clusters with fewer patches, or
-less pure, are named ``ignore``.
+less pure, are named ``ignore``. With ``--labelled DIR``, the clusters the masks leave
+``ignore`` are named the same way from the patches of DIR's images whose image-level label
+(in the file name) names one class, each such patch taken to show that class.
 """
 
 from __future__ import annotations
